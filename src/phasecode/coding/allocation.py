@@ -1,0 +1,46 @@
+"""Timestep allocation across grains: how the T steps are split between the bases B_1..B_n."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from phasecode.errors import PhasecodeError
+
+MAX_TIMESTEPS = 128  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
+
+
+def validate_timesteps(timesteps: int, limit: int = MAX_TIMESTEPS) -> int:
+    """Return ``timesteps`` if it is an integer in 1..limit, else raise a user-facing error."""
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or not 1 <= timesteps <= limit:
+        raise PhasecodeError(f"timesteps must be an integer in 1..{limit}, got {timesteps!r}")
+    return timesteps
+
+
+def validate_allocation(allocation: tuple[int, ...] | list[int], timesteps: int) -> tuple[int, ...]:
+    """Check that an allocation is a list of positive step counts summing to T."""
+    alloc = tuple(int(a) for a in allocation)
+    if not alloc or any(a < 1 for a in alloc):
+        raise PhasecodeError(f"allocation {list(alloc)} must hold positive step counts")
+    if sum(alloc) != timesteps:
+        raise PhasecodeError(f"allocation {list(alloc)} sums to {sum(alloc)}, not T={timesteps}")
+    return alloc
+
+
+def even_allocation(timesteps: int, grains: int) -> tuple[int, ...]:
+    """Split T steps as evenly as possible over ``grains`` bases (earlier grains get the extra)."""
+    if not 1 <= grains <= timesteps:
+        raise PhasecodeError(f"grains must be in 1..T={timesteps}, got {grains}")
+    q, r = divmod(timesteps, grains)
+    return tuple(q + (1 if i < r else 0) for i in range(grains))
+
+
+def candidate_allocations(timesteps: int, grains: int) -> list[tuple[int, ...]]:
+    """All compositions of T into ``grains`` positive parts: the search space of Alg. 2."""
+    even_allocation(timesteps, grains)  # validates the pair
+    cuts = combinations(range(1, timesteps), grains - 1)
+    return [tuple(b - a for a, b in zip((0, *c), (*c, timesteps), strict=True)) for c in cuts]
+
+
+def grain_of_step(allocation: tuple[int, ...]) -> list[int]:
+    """g(t): the index of the base used at each step t (0-based), e.g. (2, 3) -> [0,0,1,1,1]."""
+    return [g for g, n in enumerate(allocation) for _ in range(n)]

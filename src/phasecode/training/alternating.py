@@ -1,0 +1,154 @@
+"""Alg. 1: alternating optimisation of {h, θ} (surrogate gradient) and B (true gradient).
+
+Every site of a model trains in one batch: the loss is the sum of per-site MSEs, so each site's
+parameters see only their own gradient, and Adam's per-parameter normalisation makes the sum
+equivalent to training each site alone. Modes: ``alternating`` (Alg. 1), ``joint`` (all
+parameters in one step, Table 6) and ``coupled`` (h = θ, Table 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from phasecode.coding.table import CodeTable
+from phasecode.errors import PhasecodeError
+from phasecode.training.calibrate import fit_scale
+from phasecode.training.neurons import (
+    PhaseNeurons,
+    quadratic_loss,
+    rounding_las,
+    spike_statistics,
+)
+
+MODES = ("alternating", "joint", "coupled")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of Alg. 1 (N, N1, N2, η1, η2) and Alg. 2 (N_α, η_α)."""
+
+    rounds: int = 30  # N
+    threshold_steps: int = 4  # N1, steps on {h, θ}
+    base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
+    lr_threshold: float = 0.03  # η1, relative to each step's LAS value
+    lr_base: float = 0.01  # η2
+    sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
+    mode: str = "alternating"
+    search_steps: int = 40  # N_α
+    lr_alpha: float = 0.1  # η_α
+    search_samples: int = 2048  # samples per site used during the allocation search
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PhasecodeError(f"unknown training mode {self.mode!r}; choose from {MODES}")
+
+
+@dataclass
+class TrainResult:
+    """Trained tables (in the samples' own units) and the per-site loss curve."""
+
+    table: CodeTable
+    loss_curve: Tensor  # [S, steps], normalised units (MSE / max|x|²)
+    phases: list[str] = field(default_factory=list)  # "threshold" | "base" | "joint" per step
+
+
+def site_scale(samples: Tensor) -> Tensor:
+    """Per-site normaliser: the largest |x| seen in training."""
+    return samples.abs().amax(1).clamp_min(1e-12)
+
+
+def init_neurons(magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: bool):
+    """Neurons initialised from rounding LAS (see neurons.py) with its MSE-optimal τ."""
+    timesteps = sum(allocation[0])
+    tau = fit_scale(magnitude, timesteps, rounding_las)
+    return PhaseNeurons(tau, allocation, coupled=coupled)
+
+
+def train_neurons(
+    samples: Tensor, allocation: list[tuple[int, ...]], config: TrainConfig = TrainConfig()
+) -> TrainResult:
+    """Fit one neuron per row of ``samples`` [S, N] with the given per-site allocations."""
+    scale = site_scale(samples)
+    magnitude = (samples / scale[:, None]).abs()
+    neurons = init_neurons(magnitude, allocation, coupled=config.mode == "coupled")
+    curve, phases = _optimise(neurons, magnitude, config)
+    table = neurons.frozen_table().scaled(scale)
+    return TrainResult(table, torch.stack(curve, 1), phases)
+
+
+def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig):
+    """Run Alg. 1 (or its joint variant), keeping each site's best parameters seen."""
+    best = _Best(neurons)
+    curve: list[Tensor] = []
+    phases: list[str] = []
+    if config.mode == "joint":
+        opt = torch.optim.Adam(
+            [
+                {"params": neurons.spike_parameters(), "lr": config.lr_threshold},
+                {"params": neurons.base_parameters(), "lr": config.lr_base},
+            ]
+        )
+        for _ in range(config.rounds * config.threshold_steps):
+            curve.append(_surrogate_step(neurons, magnitude, opt, config.sharpness, best))
+            phases.append("joint")
+        best.restore()
+        return curve, phases
+    opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
+    opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
+    for _ in range(config.rounds):
+        for _ in range(config.threshold_steps):
+            curve.append(_surrogate_step(neurons, magnitude, opt_spike, config.sharpness, best))
+            phases.append("threshold")
+        stats = spike_statistics(magnitude, neurons.frozen_table())
+        for _ in range(config.base_steps):
+            curve.append(_base_step(neurons, stats, opt_base, best))
+            phases.append("base")
+    best.restore()
+    return curve, phases
+
+
+def _surrogate_step(neurons, magnitude, opt, sharpness, best) -> Tensor:
+    opt.zero_grad(set_to_none=True)
+    values, _ = neurons.surrogate_values(magnitude, sharpness)
+    loss = (values - magnitude).pow(2).mean(1)
+    best.offer(loss.detach())
+    loss.sum().backward()
+    opt.step()
+    neurons.clamp_()
+    return loss.detach()
+
+
+def _base_step(neurons, stats, opt, best) -> Tensor:
+    opt.zero_grad(set_to_none=True)
+    loss = quadratic_loss(neurons.weights(), stats)
+    best.offer(loss.detach())
+    loss.sum().backward()
+    opt.step()
+    neurons.clamp_()
+    return loss.detach()
+
+
+class _Best:
+    """Per-site snapshot of the parameters with the lowest loss seen (surrogate steps can
+    overshoot; the paper's Theorem 2 only bounds the error up to a constant)."""
+
+    def __init__(self, neurons: PhaseNeurons):
+        self.neurons = neurons
+        self.params = [p for p in neurons.parameters()]
+        self.saved = [p.detach().clone() for p in self.params]
+        self.loss = torch.full((neurons.reference.shape[0],), float("inf"))
+
+    def offer(self, loss: Tensor) -> None:
+        better = loss < self.loss
+        if better.any():
+            self.loss = torch.where(better, loss, self.loss)
+            for saved, p in zip(self.saved, self.params, strict=True):
+                saved[better] = p.detach()[better]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for saved, p in zip(self.saved, self.params, strict=True):
+                p.copy_(saved)

@@ -1,0 +1,46 @@
+"""Per-site scale τ for the untrained codes (LAS, SpikedAttention, TTFS, rate).
+
+Those codes fix the shape of their level set and leave one constant, the scale. We choose it
+per site by a vectorised grid search minimising MSE on the training samples, so that every
+baseline is shown at its best and the comparison with trained neurons is not flattered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from phasecode.coding.neuron import value
+from phasecode.coding.table import CodeTable, concat_tables
+
+CodeBuilder = Callable[[Tensor, int], CodeTable]
+
+
+def fit_scale(
+    samples: Tensor, timesteps: int, build: CodeBuilder, grid: int = 48, rounds: int = 2
+) -> Tensor:
+    """τ [S] minimising Σ (SN(x; τ) − x)² over a geometric grid, refined ``rounds`` times."""
+    top = samples.abs().amax(1).clamp_min(1e-12)
+    lo, hi = torch.full_like(top, 0.01).log(), torch.full_like(top, 1.2).log()
+    best = top
+    for _ in range(rounds):
+        frac = torch.linspace(0, 1, grid, dtype=samples.dtype)
+        cand = top[:, None] * (lo[:, None] + (hi - lo)[:, None] * frac).exp()  # [S, G]
+        errors = _scale_errors(samples, timesteps, build, cand)
+        pick = errors.argmin(1)
+        best = cand.gather(1, pick[:, None])[:, 0]
+        step = (hi - lo) / (grid - 1)
+        center = (best / top).log()
+        lo, hi = center - 2 * step, center + 2 * step
+    return best
+
+
+def _scale_errors(samples: Tensor, timesteps: int, build: CodeBuilder, cand: Tensor) -> Tensor:
+    """MSE of each candidate scale, [S, G]; candidates are evaluated as extra sites."""
+    s, g = cand.shape
+    table = concat_tables([build(cand[:, j].contiguous(), timesteps) for j in range(g)])
+    x = samples.repeat(g, 1)  # site-major blocks of candidate j
+    err = (value(x, table) - x).pow(2).mean(1)
+    return err.reshape(g, s).T

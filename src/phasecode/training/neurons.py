@@ -1,0 +1,123 @@
+"""Trainable multi-granularity phase-coding neurons for a batch of sites (Eq. 7-10).
+
+Training starts from LAS's levels (d = h = τ·2^-t) with thresholds lowered by half the finest
+step, i.e. from uniform rounding with an MSE-optimal clip, so a trained neuron never ends worse
+on its training samples than the best uniform code of its family. Parameters live in units of each site's own scale (samples are divided by their max |x|), so one
+learning rate serves every site. θ and h are stored relative to their LAS starting values
+(θ(t) = θ_0(t)·u_θ(t), h(t) = h_0(t)·u_h(t)), which makes Adam's step a relative change for the finest and the
+coarsest step alike. d(t) = scale·B_{g(t)}^(-t) is never free: it is built from the bases.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from phasecode.coding.baselines import las
+from phasecode.coding.neuron import fire_steps, heaviside
+from phasecode.coding.table import UNLIMITED, CodeTable, PhaseBases, phase_weights
+from phasecode.training.surrogate import SigmoidSurrogate
+
+MIN_BASE = 1.0 + 1e-3  # B must stay > 1 so that d(t) decreases with t
+
+
+def rounding_thresholds(weight: Tensor) -> Tensor:
+    """θ(t) = d(t) − d(T)/2: with h = d and base 2 the greedy neuron then rounds to the nearest
+    level instead of truncating (LAS truncates). This is the start point of training."""
+    return weight - weight[:, -1:] / 2
+
+
+def rounding_las(tau: Tensor, timesteps: int) -> CodeTable:
+    """LAS levels with rounding thresholds: the best uniform code of the phase family."""
+    table = las(tau, timesteps)
+    return CodeTable(
+        rounding_thresholds(table.weight), table.reset, table.weight, table.max_spikes,
+        table.phase,
+    )
+
+
+class PhaseNeurons(nn.Module):
+    """S trainable neurons, each with its own timestep allocation over at most G bases."""
+
+    def __init__(self, tau: Tensor, allocation: list[tuple[int, ...]], coupled: bool = False):
+        super().__init__()
+        timesteps = sum(allocation[0])
+        grains = max(len(a) for a in allocation)
+        steps = torch.arange(1, timesteps + 1, dtype=tau.dtype)
+        self.allocation = tuple(allocation)
+        self.coupled = coupled
+        reference = tau[:, None] * 2.0 ** (-steps)  # LAS: θ = h = d = τ·2^-t
+        self.register_buffer("reference", reference)
+        self.register_buffer("reference_threshold", rounding_thresholds(reference))
+        self.u_threshold = nn.Parameter(torch.ones_like(reference))
+        self.u_reset = None if coupled else nn.Parameter(torch.ones_like(reference))
+        self.bases = nn.Parameter(torch.full((tau.shape[0], grains), 2.0, dtype=tau.dtype))
+        self.log_scale = nn.Parameter(tau.log().clone())
+
+    def spike_parameters(self) -> list[nn.Parameter]:
+        """{h, θ}: trained with the surrogate gradient."""
+        return [p for p in (self.u_threshold, self.u_reset) if p is not None]
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        """B and the scale: trained with the true gradient."""
+        return [self.bases, self.log_scale]
+
+    def clamp_(self) -> None:
+        """Keep B > 1 and thresholds/resets positive after an optimiser step."""
+        with torch.no_grad():
+            self.bases.clamp_(min=MIN_BASE)
+            for p in self.spike_parameters():
+                p.clamp_(min=1e-3)
+
+    def weights(self) -> Tensor:
+        return phase_weights(self.log_scale.exp(), self.bases, self.allocation)
+
+    def table(self) -> CodeTable:
+        """The current (differentiable) coding table."""
+        threshold = self.reference_threshold * self.u_threshold
+        reset = threshold if self.u_reset is None else self.reference * self.u_reset
+        budget = torch.full((threshold.shape[0],), UNLIMITED, dtype=torch.long)
+        phase = PhaseBases(self.log_scale.exp(), self.bases, self.allocation)
+        return CodeTable(threshold, reset, self.weights(), budget, phase)
+
+    def frozen_table(self) -> CodeTable:
+        """A detached copy of the current table."""
+        t = self.table()
+        phase = PhaseBases(t.phase.scale.detach(), t.phase.bases.detach(), t.phase.allocation)
+        return CodeTable(
+            t.threshold.detach(), t.reset.detach(), t.weight.detach(), t.max_spikes, phase
+        )
+
+    def surrogate_values(self, magnitude: Tensor, sharpness: float) -> tuple[Tensor, Tensor]:
+        """SN(|x|) with surrogate gradients for θ, h (and true ones for d); also the spikes."""
+        table = self.table()
+        step = SigmoidSurrogate(table.weight, sharpness)
+        out = torch.zeros_like(magnitude)
+        trains = []
+        for t, s in enumerate(fire_steps(magnitude, table, step)):
+            out = out + table.weight[:, t, None] * s
+            trains.append(s.detach())
+        return out, torch.stack(trains, 1)  # values [S, N], spikes [S, T, N]
+
+
+def spike_statistics(magnitude: Tensor, table: CodeTable) -> tuple[Tensor, Tensor, Tensor]:
+    """Moments that make the loss an exact quadratic in d while θ, h are fixed.
+
+    With θ, h fixed the spikes do not depend on B, so mean((Σ d_t s_t − |x|)²) =
+    dᵀGd − 2bᵀd + c with G = E[s sᵀ] [S,T,T], b = E[s|x|] [S,T], c = E[x²] [S]: every B step
+    then costs O(S·T²) instead of a pass over the samples, and its gradient is the true one.
+    """
+    with torch.no_grad():
+        s = torch.stack(list(fire_steps(magnitude, table, heaviside)), 1)  # [S, T, N]
+        n = magnitude.shape[1]
+        gram = s @ s.transpose(1, 2) / n
+        cross = (s @ magnitude[:, :, None])[:, :, 0] / n
+        energy = magnitude.pow(2).mean(1)
+    return gram, cross, energy
+
+
+def quadratic_loss(weight: Tensor, stats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Per-site MSE from ``spike_statistics`` for output weights d [S, T]."""
+    gram, cross, energy = stats
+    quad = (weight[:, None, :] @ gram @ weight[:, :, None])[:, 0, 0]
+    return quad - 2 * (weight * cross).sum(1) + energy
