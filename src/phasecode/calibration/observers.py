@@ -46,11 +46,13 @@ def collect_site_samples(
     skip_positions: int = 0,
     progress: bool = True,
     batch_size: int = 1,
+    transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A uniform sample of each site's input values over all calibration tokens.
 
     `batches` is [n_sequences, seq_len] token ids, fed `batch_size` sequences per forward pass.
-    Positions before `skip_positions` (e.g. BOS) are left out of the samples.
+    Positions before `skip_positions` (e.g. BOS) are left out of the samples. `transforms` maps
+    a site name to a function applied to its input before sampling (e.g. an online rotation).
     """
     if batches.dim() != 2 or not 0 <= skip_positions < batches.shape[1]:
         raise PhasecodeError(
@@ -58,7 +60,11 @@ def collect_site_samples(
             f"{tuple(batches.shape)} and skip_positions={skip_positions}"
         )
     reservoirs = {site.name: Reservoir(samples_per_site, site.name, seed) for site in sites}
-    fns = {site.modules[0]: _sampler(reservoirs[site.name], skip_positions) for site in sites}
+    transforms = transforms or {}
+    fns = {
+        site.modules[0]: _sampler(reservoirs[site.name], skip_positions, transforms.get(site.name))
+        for site in sites
+    }
     device = next(model.parameters()).device
     chunks = batches.split(batch_size)
     with hooks(model, fns), torch.no_grad():
@@ -67,10 +73,11 @@ def collect_site_samples(
     return {name: reservoir.values() for name, reservoir in reservoirs.items()}
 
 
-def _sampler(reservoir: Reservoir, skip_positions: int) -> Hook:
+def _sampler(reservoir: Reservoir, skip_positions: int, transform: Callable | None = None) -> Hook:
     """Pre-hook pushing the module input [batch, seq, features] from skip_positions on."""
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        reservoir.push(args[0][:, skip_positions:])
+        x = args[0][:, skip_positions:]
+        reservoir.push(x if transform is None else transform(x))
 
     return hook

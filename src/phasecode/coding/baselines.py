@@ -54,7 +54,10 @@ def spikedattention(tau: Tensor, timesteps: int) -> CodeTable:
     """SpikedAttention as in App. D.1: LAS with at most two spikes per neuron."""
     table = las(tau, timesteps)
     return CodeTable(
-        table.threshold, table.reset, table.weight, torch.full_like(table.max_spikes, 2),
+        table.threshold,
+        table.reset,
+        table.weight,
+        torch.full_like(table.max_spikes, 2),
         table.phase,
     )
 

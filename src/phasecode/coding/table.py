@@ -165,8 +165,10 @@ def concat_tables(tables: list[CodeTable]) -> CodeTable:
     if all(p is not None for p in phases):
         width = max(p.bases.shape[1] for p in phases)
         bases = torch.cat(
-            [torch.nn.functional.pad(p.bases, (0, width - p.bases.shape[1]), value=2.0)
-             for p in phases]
+            [
+                torch.nn.functional.pad(p.bases, (0, width - p.bases.shape[1]), value=2.0)
+                for p in phases
+            ]
         )
         phase = PhaseBases(
             torch.cat([p.scale for p in phases]),

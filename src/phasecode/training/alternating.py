@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from phasecode.coding.table import CodeTable
 from phasecode.errors import PhasecodeError
@@ -30,16 +31,16 @@ MODES = ("alternating", "joint", "coupled")
 class TrainConfig:
     """Hyper-parameters of Alg. 1 (N, N1, N2, η1, η2) and Alg. 2 (N_α, η_α)."""
 
-    rounds: int = 30  # N
+    rounds: int = 20  # N
     threshold_steps: int = 4  # N1, steps on {h, θ}
     base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
     lr_threshold: float = 0.03  # η1, relative to each step's LAS value
     lr_base: float = 0.01  # η2
     sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
     mode: str = "alternating"
-    search_steps: int = 40  # N_α
+    search_steps: int = 20  # N_α
     lr_alpha: float = 0.1  # η_α
-    search_samples: int = 2048  # samples per site used during the allocation search
+    search_samples: int = 1024  # samples per site used during the allocation search
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -68,18 +69,22 @@ def init_neurons(magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: 
 
 
 def train_neurons(
-    samples: Tensor, allocation: list[tuple[int, ...]], config: TrainConfig = TrainConfig()
+    samples: Tensor,
+    allocation: list[tuple[int, ...]],
+    config: TrainConfig | None = None,
+    progress: bool = False,
 ) -> TrainResult:
     """Fit one neuron per row of ``samples`` [S, N] with the given per-site allocations."""
+    config = config or TrainConfig()
     scale = site_scale(samples)
     magnitude = (samples / scale[:, None]).abs()
     neurons = init_neurons(magnitude, allocation, coupled=config.mode == "coupled")
-    curve, phases = _optimise(neurons, magnitude, config)
+    curve, phases = _optimise(neurons, magnitude, config, progress)
     table = neurons.frozen_table().scaled(scale)
     return TrainResult(table, torch.stack(curve, 1), phases)
 
 
-def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig):
+def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig, progress: bool):
     """Run Alg. 1 (or its joint variant), keeping each site's best parameters seen."""
     best = _Best(neurons)
     curve: list[Tensor] = []
@@ -91,14 +96,15 @@ def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig):
                 {"params": neurons.base_parameters(), "lr": config.lr_base},
             ]
         )
-        for _ in range(config.rounds * config.threshold_steps):
+        steps = config.rounds * config.threshold_steps
+        for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress):
             curve.append(_surrogate_step(neurons, magnitude, opt, config.sharpness, best))
             phases.append("joint")
         best.restore()
         return curve, phases
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
-    for _ in range(config.rounds):
+    for _ in tqdm(range(config.rounds), desc="training", unit="round", disable=not progress):
         for _ in range(config.threshold_steps):
             curve.append(_surrogate_step(neurons, magnitude, opt_spike, config.sharpness, best))
             phases.append("threshold")

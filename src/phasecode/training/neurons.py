@@ -2,10 +2,13 @@
 
 Training starts from LAS's levels (d = h = τ·2^-t) with thresholds lowered by half the finest
 step, i.e. from uniform rounding with an MSE-optimal clip, so a trained neuron never ends worse
-on its training samples than the best uniform code of its family. Parameters live in units of each site's own scale (samples are divided by their max |x|), so one
-learning rate serves every site. θ and h are stored relative to their LAS starting values
-(θ(t) = θ_0(t)·u_θ(t), h(t) = h_0(t)·u_h(t)), which makes Adam's step a relative change for the finest and the
-coarsest step alike. d(t) = scale·B_{g(t)}^(-t) is never free: it is built from the bases.
+on its training samples than the best uniform code of its family.
+
+Parameters live in units of each site's own scale (samples are divided by their max |x|), so
+one learning rate serves every site. θ and h are stored relative to their starting values
+(θ(t) = θ_0(t)·u_θ(t), h(t) = h_0(t)·u_h(t)), which makes Adam's step a relative change for the
+finest and the coarsest step alike. d(t) = scale·B_{g(t)}^(-t) is never free: it is built from
+the bases.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ def rounding_las(tau: Tensor, timesteps: int) -> CodeTable:
     """LAS levels with rounding thresholds: the best uniform code of the phase family."""
     table = las(tau, timesteps)
     return CodeTable(
-        rounding_thresholds(table.weight), table.reset, table.weight, table.max_spikes,
+        rounding_thresholds(table.weight),
+        table.reset,
+        table.weight,
+        table.max_spikes,
         table.phase,
     )
 

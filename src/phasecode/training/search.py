@@ -19,9 +19,10 @@ from phasecode.training.neurons import quadratic_loss, spike_statistics
 
 
 def search_allocation(
-    samples: Tensor, timesteps: int, grains: int, config: TrainConfig = TrainConfig()
+    samples: Tensor, timesteps: int, grains: int, config: TrainConfig | None = None
 ) -> tuple[list[tuple[int, ...]], Tensor]:
     """Pick one allocation per site; returns them and the final α [S, C]."""
+    config = config or TrainConfig()
     candidates = candidate_allocations(timesteps, grains)
     sites, count = samples.shape[0], len(candidates)
     if count == 1:

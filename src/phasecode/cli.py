@@ -1,0 +1,98 @@
+"""Command-line interface: `phasecode neurons …` (more jobs arrive with later issues)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from phasecode.errors import PhasecodeError
+from phasecode.fitting import METHODS, FitSettings, SamplingSettings
+from phasecode.models.loading import DEFAULT_MODEL
+
+
+def _add_neuron_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local path or smollm2-135m")
+    parser.add_argument("--timesteps", "-T", type=int, default=8, help="timesteps T (1..32)")
+    parser.add_argument("--grains", type=int, default=2, help="number of bases (grains)")
+    parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
+    parser.add_argument("--samples", type=int, default=10_000, help="training samples per site")
+    parser.add_argument("--calibration", type=Path, help="calibration text (.jsonl or .txt)")
+    parser.add_argument("--sequences", type=int, default=16, help="calibration sequences")
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration sequence length")
+    parser.add_argument("--no-rotate", action="store_true", help="no Hadamard before down_proj")
+    parser.add_argument("--no-prefix", action="store_true", help="no BOS prefix token")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phasecode",
+        description="Spiking LLMs by ANN-to-SNN conversion with multi-granularity phase coding.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    neurons = sub.add_parser("neurons", help="fit a neuron per activation site and score it")
+    _add_neuron_options(neurons)
+    neurons.add_argument("--out", type=Path, help="save the neurons as an artifact directory")
+    neurons.add_argument("--json", type=Path, help="write the per-site report as JSON")
+    return parser
+
+
+def _sampling(args: argparse.Namespace) -> SamplingSettings:
+    defaults = SamplingSettings()
+    if args.samples < 16:
+        raise PhasecodeError(f"--samples must be at least 16, got {args.samples}")
+    return SamplingSettings(
+        samples=args.samples,
+        calibration=args.calibration or defaults.calibration,
+        sequences=args.sequences,
+        seq_len=args.seq_len,
+        prefix_bos=not args.no_prefix,
+        rotate_down=not args.no_rotate,
+        seed=args.seed,
+    )
+
+
+def run_neurons(args: argparse.Namespace) -> int:
+    from phasecode.jobs.neurons import neurons_job
+
+    settings = FitSettings(method=args.method, timesteps=args.timesteps, grains=args.grains)
+    report = neurons_job(
+        args.model, settings, _sampling(args), out=args.out, progress=not args.quiet
+    )
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically so an interrupted run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+COMMANDS = {"neurons": run_neurons}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        return COMMANDS[args.command](args)
+    except PhasecodeError as err:
+        print(f"phasecode: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phasecode: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
