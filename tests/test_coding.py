@@ -116,9 +116,7 @@ def test_candidate_allocations(timesteps, grains):
         assert len(c) == grains and sum(c) == timesteps and min(c) >= 1
     # Exactly the set of all compositions of T into `grains` positive parts.
     brute = {
-        c
-        for c in itertools.product(range(1, timesteps + 1), repeat=grains)
-        if sum(c) == timesteps
+        c for c in itertools.product(range(1, timesteps + 1), repeat=grains) if sum(c) == timesteps
     }
     assert set(cands) == brute
 
@@ -203,7 +201,10 @@ def test_concat_pads_bases_of_fewer_grains():
     a = baselines.las(torch.tensor([1.0, 2.0], dtype=F64), 4)  # one grain
     b = _phase_table().select(slice(0, 1))  # allocation (2, 3): but T = 5, so rebuild at T=4
     b = CodeTable(
-        b.threshold[:, :4], b.reset[:, :4], b.weight[:, :4], b.max_spikes,
+        b.threshold[:, :4],
+        b.reset[:, :4],
+        b.weight[:, :4],
+        b.max_spikes,
         PhaseBases(b.phase.scale, b.phase.bases, ((2, 2),)),
     )
     both = concat_tables([a, b])
@@ -234,7 +235,9 @@ def test_scaled_codes_scaled_inputs():
     scaled = table.scaled(factor)
     torch.testing.assert_close(scaled.phase.weights(), scaled.weight)
     x = torch.randn(3, 200, generator=_gen(1), dtype=F64)
-    torch.testing.assert_close(value(x * factor[:, None], scaled), value(x, table) * factor[:, None])
+    torch.testing.assert_close(
+        value(x * factor[:, None], scaled), value(x, table) * factor[:, None]
+    )
 
 
 # ---------------------------------------------------------------- neuron properties
@@ -272,8 +275,9 @@ def test_las_is_binary_truncation(timesteps):
     x = (torch.rand(3, 2000, generator=g, dtype=F64) * 2.6 - 1.3) * tau[:, None]
     table = baselines.las(tau, timesteps)
     assert table.max_spikes.eq(UNLIMITED).all()
-    torch.testing.assert_close(value(x, table), _las_closed_form(x, tau, timesteps), rtol=0,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        value(x, table), _las_closed_form(x, tau, timesteps), rtol=0, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("timesteps", [1, 4, 7])
@@ -293,13 +297,16 @@ def test_las_on_exact_grid_points(timesteps):
 @pytest.mark.parametrize("timesteps", [1, 3, 8])
 def test_conventional_phase_closed_form(timesteps):
     x = torch.cat(
-        [torch.rand(2, 3000, generator=_gen(timesteps)) * 1.5 - 0.75,
-         (torch.arange(2 ** timesteps + 2) / 2**timesteps).expand(2, -1)], 1
+        [
+            torch.rand(2, 3000, generator=_gen(timesteps)) * 1.5 - 0.75,
+            (torch.arange(2**timesteps + 2) / 2**timesteps).expand(2, -1),
+        ],
+        1,
     )
     table = baselines.phase(2, timesteps)
-    expect = torch.sign(x) * (
-        torch.floor(x.abs() * 2**timesteps) / 2**timesteps
-    ).clamp(max=1 - 2.0**-timesteps)
+    expect = torch.sign(x) * (torch.floor(x.abs() * 2**timesteps) / 2**timesteps).clamp(
+        max=1 - 2.0**-timesteps
+    )
     assert torch.equal(value(x, table), expect)
 
 

@@ -34,9 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="phasecode",
         description="Spiking LLMs by ANN-to-SNN conversion with multi-granularity phase coding.",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
-    neurons = sub.add_parser("neurons", help="fit a neuron per activation site and score it")
+    neurons = sub.add_parser(
+        "neurons", parents=[common], help="fit a neuron per activation site and score it"
+    )
     _add_neuron_options(neurons)
     neurons.add_argument("--out", type=Path, help="save the neurons as an artifact directory")
     neurons.add_argument("--json", type=Path, help="write the per-site report as JSON")
@@ -84,6 +90,10 @@ COMMANDS = {"neurons": run_neurons}
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return COMMANDS[args.command](args)
     except PhasecodeError as err:

@@ -24,7 +24,7 @@ from phasecode.errors import PhasecodeError
 from phasecode.models.hadamard import hadamard_rotation
 from phasecode.models.sites import Site, linear_input_sites
 from phasecode.training.alternating import TrainConfig, train_neurons
-from phasecode.training.calibrate import fit_scale
+from phasecode.training.calibrate import fit_tau
 from phasecode.training.search import search_allocation
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
 
@@ -104,12 +104,13 @@ def sample_sites(model, tokenizer, settings: SamplingSettings, progress: bool = 
         progress,
         transforms=transforms,
     )
-    stacked = torch.stack([samples[s.name].float() for s in sites])
-    if stacked.shape[1] < 2 * settings.samples:
+    fewest = min(v.numel() for v in samples.values())
+    if fewest < 2 * settings.samples:
         raise PhasecodeError(
-            f"calibration text gave only {stacked.shape[1]} values per site; "
+            f"calibration text gave only {fewest} values per site; "
             f"need {2 * settings.samples} (use more --sequences or fewer --samples)"
         )
+    stacked = torch.stack([samples[s.name].float() for s in sites])
     gen = torch.Generator().manual_seed(settings.seed)
     order = torch.randperm(stacked.shape[1], generator=gen)
     train, heldout = stacked[:, order].chunk(2, dim=1)
@@ -132,7 +133,7 @@ def fit_codes(train: Tensor, settings: FitSettings, progress: bool = True) -> Fi
         table = baselines.phase(sites, t)
     else:
         build = baselines.FIXED_CODES[settings.method]
-        table = build(fit_scale(train, t, build), t)
+        table = build(fit_tau(settings.method, train, t, build), t)
     return FitResult(table, curve, time.perf_counter() - start)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import combinations
+from math import comb
 
 from phasecode.errors import PhasecodeError
 
@@ -34,9 +35,18 @@ def even_allocation(timesteps: int, grains: int) -> tuple[int, ...]:
     return tuple(q + (1 if i < r else 0) for i in range(grains))
 
 
+MAX_CANDIDATES = 512  # each candidate is one extra neuron per site during the search
+
+
 def candidate_allocations(timesteps: int, grains: int) -> list[tuple[int, ...]]:
     """All compositions of T into ``grains`` positive parts: the search space of Alg. 2."""
     even_allocation(timesteps, grains)  # validates the pair
+    count = comb(timesteps - 1, grains - 1)
+    if count > MAX_CANDIDATES:
+        raise PhasecodeError(
+            f"T={timesteps} with {grains} grains has {count} candidate allocations; the search "
+            f"handles at most {MAX_CANDIDATES} (use fewer grains)"
+        )
     cuts = combinations(range(1, timesteps), grains - 1)
     return [tuple(b - a for a, b in zip((0, *c), (*c, timesteps), strict=True)) for c in cuts]
 

@@ -16,13 +16,12 @@ from tqdm.auto import tqdm
 
 from phasecode.coding.table import CodeTable
 from phasecode.errors import PhasecodeError
-from phasecode.training.calibrate import fit_scale
 from phasecode.training.neurons import (
     PhaseNeurons,
     quadratic_loss,
-    rounding_las,
     spike_statistics,
 )
+from phasecode.training.uniform import best_step
 
 MODES = ("alternating", "joint", "coupled")
 
@@ -64,7 +63,7 @@ def site_scale(samples: Tensor) -> Tensor:
 def init_neurons(magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: bool):
     """Neurons initialised from rounding LAS (see neurons.py) with its MSE-optimal τ."""
     timesteps = sum(allocation[0])
-    tau = fit_scale(magnitude, timesteps, rounding_las)
+    tau = best_step(magnitude, 2**timesteps, rounding=True) * 2**timesteps
     return PhaseNeurons(tau, allocation, coupled=coupled)
 
 

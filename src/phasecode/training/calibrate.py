@@ -1,8 +1,10 @@
 """Per-site scale τ for the untrained codes (LAS, SpikedAttention, TTFS, rate).
 
 Those codes fix the shape of their level set and leave one constant, the scale. We choose it
-per site by a vectorised grid search minimising MSE on the training samples, so that every
-baseline is shown at its best and the comparison with trained neurons is not flattered.
+per site to minimise MSE on the training samples, so that every baseline is shown at its best
+and the comparison with trained neurons is not flattered. LAS, rate and TTFS truncate onto a
+uniform grid, so their τ comes from the grid search in ``uniform.py``; other codes are searched
+by simulating the neuron.
 """
 
 from __future__ import annotations
@@ -14,12 +16,29 @@ from torch import Tensor
 
 from phasecode.coding.neuron import value
 from phasecode.coding.table import CodeTable, concat_tables
+from phasecode.training.uniform import best_step
 
 CodeBuilder = Callable[[Tensor, int], CodeTable]
 
+# method -> (number of grid levels, grid steps per τ), both functions of T
+TRUNCATING_GRIDS: dict[str, tuple[Callable[[int], int], Callable[[int], int]]] = {
+    "las": (lambda t: 2**t, lambda t: 2**t),
+    "ttfs": (lambda t: t + 1, lambda t: t),
+    "rate": (lambda t: t + 1, lambda t: t),
+}
+
+
+def fit_tau(method: str, samples: Tensor, timesteps: int, build: CodeBuilder) -> Tensor:
+    """MSE-optimal τ [S] for a fixed code."""
+    if method in TRUNCATING_GRIDS:
+        levels, per_tau = TRUNCATING_GRIDS[method]
+        step = best_step(samples.abs(), levels(timesteps), rounding=False)
+        return step * per_tau(timesteps)
+    return fit_scale(samples, timesteps, build)
+
 
 def fit_scale(
-    samples: Tensor, timesteps: int, build: CodeBuilder, grid: int = 48, rounds: int = 2
+    samples: Tensor, timesteps: int, build: CodeBuilder, grid: int = 32, rounds: int = 2
 ) -> Tensor:
     """τ [S] minimising Σ (SN(x; τ) − x)² over a geometric grid, refined ``rounds`` times."""
     top = samples.abs().amax(1).clamp_min(1e-12)

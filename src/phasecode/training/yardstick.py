@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from phasecode.training.uniform import best_step, grid_quantize
+
 MAX_LEVELS = 1 << 16
 
 
@@ -72,20 +74,9 @@ def lloyd_max_mse(train: Tensor, heldout: Tensor, timesteps: int) -> Tensor:
     return (quantize(heldout, levels) - heldout).pow(2).mean(1)
 
 
-def uniform_mse(train: Tensor, heldout: Tensor, timesteps: int, grid: int = 64) -> Tensor:
+def uniform_mse(train: Tensor, heldout: Tensor, timesteps: int) -> Tensor:
     """Held-out MSE [S] of the best-clipped uniform quantizer with 2^T magnitude levels."""
     count = level_count(timesteps, train.shape[1])
-    mag = train.abs()
-    top = mag.amax(1).clamp_min(1e-12)
-    frac = torch.logspace(-3, 0.1, grid, dtype=train.dtype)
-    best_err = torch.full_like(top, float("inf"))
-    best_step = top / (count - 1)
-    for f in frac:
-        step = (top * f / (count - 1))[:, None]
-        err = ((mag / step).round().clamp(max=count - 1) * step - mag).pow(2).mean(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_step = torch.where(better, step[:, 0], best_step)
-    step = best_step[:, None]
-    q = (heldout.abs() / step).round().clamp(max=count - 1) * step
+    step = best_step(train.abs(), count, rounding=True)
+    q = grid_quantize(heldout.abs(), step, count, rounding=True)
     return (torch.sign(heldout) * q - heldout).pow(2).mean(1)
