@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/phasecode neurons
+	$(BIN)/phasecode run
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -10,6 +10,7 @@ import torch
 
 from phasecode.coding import baselines
 from phasecode.coding.allocation import (
+    MAX_CANDIDATES,
     MAX_TIMESTEPS,
     candidate_allocations,
     even_allocation,
@@ -28,6 +29,16 @@ from phasecode.coding.table import (
 from phasecode.errors import PhasecodeError
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tensors are tiny: intra-op threads only add synchronisation, which costs ~100x on a
+    loaded shared CPU. One thread for this module, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -125,6 +136,15 @@ def test_candidate_allocations_small_case_order():
     assert candidate_allocations(4, 2) == [(1, 3), (2, 2), (3, 1)]
 
 
+def test_candidate_allocations_are_capped():
+    assert len(candidate_allocations(12, 6)) == math.comb(11, 5) <= MAX_CANDIDATES
+    assert math.comb(12, 5) > MAX_CANDIDATES
+    with pytest.raises(PhasecodeError, match="candidate"):
+        candidate_allocations(13, 6)
+    with pytest.raises(PhasecodeError):
+        candidate_allocations(32, 16)
+
+
 @pytest.mark.parametrize("timesteps,grains", [(3, 4), (2, 5), (4, 0)])
 def test_candidate_allocations_rejects_bad_grains(timesteps, grains):
     with pytest.raises(PhasecodeError):
@@ -211,6 +231,7 @@ def test_concat_pads_bases_of_fewer_grains():
     assert both.phase.bases.shape == (3, 3)
     assert both.phase.allocation == ((4,), (4,), (2, 2))
     torch.testing.assert_close(both.phase.weights()[:2], a.weight)
+    torch.testing.assert_close(both.phase.weights()[2:], b.weight)
 
 
 @pytest.mark.parametrize("with_phase", [True, False])

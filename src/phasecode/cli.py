@@ -1,4 +1,4 @@
-"""Command-line interface: `phasecode neurons …` (more jobs arrive with later issues)."""
+"""Command-line interface: `phasecode neurons | convert | eval | run`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_neuron_options(neurons)
     neurons.add_argument("--out", type=Path, help="save the neurons as an artifact directory")
     neurons.add_argument("--json", type=Path, help="write the per-site report as JSON")
+
+    convert = sub.add_parser(
+        "convert", parents=[common], help="convert a model into a spiking model artifact"
+    )
+    _add_neuron_options(convert)
+    convert.add_argument("--no-lm-head", action="store_true", help="keep the lm_head input analog")
+    convert.add_argument("--out", type=Path, required=True, help="artifact directory")
+
+    evaluate = sub.add_parser(
+        "eval", parents=[common], help="perplexity of the ANN and the spiking model"
+    )
+    evaluate.add_argument("artifact", type=Path)
+    _add_eval_options(evaluate)
+
+    run = sub.add_parser(
+        "run", parents=[common], help="the main job: convert the default model and evaluate it"
+    )
+    run.add_argument("--out", type=Path, default=Path("out/smollm2-135m-T8"))
+    run.add_argument("--limit", type=int, default=8, help="WikiText-2 windows to evaluate")
+    run.add_argument("--json", type=Path, help="write the evaluation as JSON")
     return parser
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ppl", default="wikitext2", help="comma list: wikitext2,c4")
+    parser.add_argument("--text", type=Path, action="append", default=[], help="a text file")
+    parser.add_argument("--seq-len", type=int, default=512, help="evaluation window length")
+    parser.add_argument("--limit", type=int, help="evaluate the first N windows only")
+    parser.add_argument("--json", type=Path, help="write the evaluation as JSON")
 
 
 def _sampling(args: argparse.Namespace) -> SamplingSettings:
@@ -76,6 +104,47 @@ def run_neurons(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    from phasecode.jobs.convert import convert_job
+
+    settings = FitSettings(method=args.method, timesteps=args.timesteps, grains=args.grains)
+    convert_job(
+        args.model,
+        settings,
+        _sampling(args),
+        args.out,
+        rotate=not args.no_rotate,
+        prefix=not args.no_prefix,
+        lm_head=not args.no_lm_head,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from phasecode.jobs.evaluate import evaluate_job
+
+    corpora = [c for c in args.ppl.split(",") if c]
+    report = evaluate_job(
+        args.artifact, corpora, args.text, args.seq_len, args.limit, progress=not args.quiet
+    )
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def run_main_job(args: argparse.Namespace) -> int:
+    """Convert SmolLM2-135M at T=8 with 2 grains, then evaluate WikiText-2 on a subset."""
+    from phasecode.jobs.convert import convert_job
+    from phasecode.jobs.evaluate import evaluate_job
+
+    convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), args.out, progress=not args.quiet)
+    report = evaluate_job(args.out, ["wikitext2"], [], 512, args.limit, progress=not args.quiet)
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON atomically so an interrupted run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +153,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS = {"neurons": run_neurons}
+COMMANDS = {"neurons": run_neurons, "convert": run_convert, "eval": run_eval, "run": run_main_job}
 
 
 def main(argv: list[str] | None = None) -> int:

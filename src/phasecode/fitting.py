@@ -104,17 +104,25 @@ def sample_sites(model, tokenizer, settings: SamplingSettings, progress: bool = 
         progress,
         transforms=transforms,
     )
-    fewest = min(v.numel() for v in samples.values())
+    train, heldout = split_samples(samples, [s.name for s in sites], settings)
+    return SiteSamples(sites, train, heldout, time.perf_counter() - start)
+
+
+def split_samples(
+    samples: dict[str, Tensor], names: list[str], settings: SamplingSettings
+) -> tuple[Tensor, Tensor]:
+    """Equal random train / held-out halves [S, samples]; every site needs 2×samples values."""
+    fewest = min(samples[name].numel() for name in names)
     if fewest < 2 * settings.samples:
         raise PhasecodeError(
             f"calibration text gave only {fewest} values per site; "
             f"need {2 * settings.samples} (use more --sequences or fewer --samples)"
         )
-    stacked = torch.stack([samples[s.name].float() for s in sites])
+    stacked = torch.stack([samples[name].float() for name in names])
     gen = torch.Generator().manual_seed(settings.seed)
     order = torch.randperm(stacked.shape[1], generator=gen)
     train, heldout = stacked[:, order].chunk(2, dim=1)
-    return SiteSamples(sites, train.contiguous(), heldout.contiguous(), time.perf_counter() - start)
+    return train.contiguous(), heldout.contiguous()
 
 
 def fit_codes(train: Tensor, settings: FitSettings, progress: bool = True) -> FitResult:

@@ -15,6 +15,7 @@ Inputs are laid out as [S, ...]: one leading axis of sites matching the table's 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -79,3 +80,41 @@ def value(x: Tensor, table: CodeTable, step_fn: StepFunction = heaviside) -> Ten
 def site_value(x: Tensor, table: CodeTable, site: int) -> Tensor:
     """SN(x) for an activation tensor of any shape, coded by one site of the table."""
     return value(x.unsqueeze(0), table.select(site))[0]
+
+
+def _fused_site_value(
+    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, budget: int
+) -> Tensor:
+    """``value`` for one site on a flat tensor, written so a compiler can fuse all T steps into
+    one pass. Each step is the same IEEE operation as in ``fire_steps`` (v ≥ θ ⇔ v − θ ≥ 0;
+    v − h·1 = v − h; v − h·0 = v), so results are bit-identical to ``value``."""
+    v = x.abs()
+    out = torch.zeros_like(x)
+    count = torch.zeros_like(x)
+    for t in range(threshold.shape[0]):
+        fire = (v >= threshold[t]) & (count < budget)
+        count = count + fire.to(x.dtype)
+        v = torch.where(fire, v - reset[t], v)
+        out = torch.where(fire, out + weight[t], out)
+    return torch.sign(x) * out
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def fast_site_value(x: Tensor, table: CodeTable, compiled: bool = True) -> Tensor:
+    """SN(x) for any-shaped ``x`` coded by a one-site table, as one fused (compiled) pass.
+
+    This is the fast path's kernel. ``torch.compile`` turns the T steps into a single loop over
+    the elements (≈40× faster than eager on CPU); set ``compiled=False`` or the environment
+    variable PHASECODE_COMPILE=0 to run the same code eagerly.
+    """
+    if table.sites != 1:
+        raise ValueError("fast_site_value codes one site; select it from the table first")
+    row = table.to(x.dtype, x.device)
+    budget = int(row.max_spikes[0]) or row.timesteps
+    fn = _fused_site_value
+    if compiled and os.environ.get("PHASECODE_COMPILE", "1") != "0":
+        fn = _COMPILED.setdefault("value", torch.compile(_fused_site_value, dynamic=True))
+    flat = fn(x.reshape(-1), row.threshold[0], row.reset[0], row.weight[0], budget)
+    return flat.reshape(x.shape)

@@ -38,3 +38,42 @@ def hadamard_rotation(width: int, seed: int = 0, dtype: torch.dtype = torch.floa
     if odd > 1:
         rotation = torch.kron(rotation, random_orthogonal(odd, seed))
     return rotation.to(dtype)
+
+
+def walsh_hadamard(x: Tensor) -> Tensor:
+    """x·H along the last dim (a power of two), normalised, by the fast Walsh-Hadamard
+    butterfly: log2(n) passes of additions and subtractions, no multiplications."""
+    n = x.shape[-1]
+    y = x.reshape(-1, n)
+    h = 1
+    while h < n:
+        y = y.view(-1, n // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    return (y.reshape(x.shape) * n**-0.5).to(x.dtype)
+
+
+class OnlineRotation:
+    """x ↦ x·H for H = H_{2^k} ⊗ Q_m, applied through its Kronecker factors.
+
+    Viewing x as a (2^k, m) matrix X, x·(A ⊗ B) = vec(Aᵀ·X·B): the small dense Q_m acts on
+    the last axis and the Hadamard factor by the fast Walsh-Hadamard transform, so the online
+    rotation before ``down_proj`` costs O(n log n) additions per token instead of n² MACs.
+    """
+
+    def __init__(self, width: int, seed: int = 0):
+        self.width, self.seed = width, seed
+        self.power = width & -width
+        self.odd = random_orthogonal(width // self.power, seed)
+
+    def matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The dense H (for folding into weights and for tests)."""
+        return torch.kron(sylvester(self.power), self.odd).to(dtype)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        m = self.odd.shape[0]
+        grid = x.reshape(-1, self.power, m)
+        if m > 1:
+            grid = grid @ self.odd.to(x.dtype)
+        rotated = walsh_hadamard(grid.transpose(1, 2)).transpose(1, 2)
+        return rotated.reshape(x.shape)

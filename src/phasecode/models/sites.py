@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasecode.errors import PhasecodeError
+from phasecode.models.adapters import adapter_for, submodule
 
 
 @dataclass(frozen=True)
@@ -19,41 +19,52 @@ class Site:
     modules: tuple[str, ...]
 
 
-# Per architecture: where the decoder layers live, and per site kind the linears (relative to a
-# decoder layer) that share its input. LLaMA, Qwen2 and Mistral share the LLaMA layout.
-_LLAMA_LAYOUT: tuple[str, dict[str, tuple[str, ...]]] = (
-    "model.layers",
-    {
-        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        "o": ("self_attn.o_proj",),
-        "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
-        "down": ("mlp.down_proj",),
-    },
-)
-_LAYOUTS = {"llama": _LLAMA_LAYOUT, "qwen2": _LLAMA_LAYOUT, "mistral": _LLAMA_LAYOUT}
-
-
 def linear_input_sites(model: nn.Module) -> list[Site]:
     """The input of every linear in the decoder layers, one site per distinct input tensor."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _LAYOUTS:
-        supported = ", ".join(sorted(_LAYOUTS))
-        raise PhasecodeError(f"unsupported model type {model_type!r}; supported: {supported}")
-    layers_path, kinds = _LAYOUTS[model_type]
-    layers = _submodule(model, layers_path)
+    adapter = adapter_for(model)
+    kinds = {
+        "qkv": (adapter.q, adapter.k, adapter.v),
+        "o": (adapter.o,),
+        "gate_up": (adapter.gate, adapter.up),
+        "down": (adapter.down,),
+    }
     sites = []
-    for i in range(len(layers)):
+    for i in range(adapter.num_layers(model)):
         for kind, linears in kinds.items():
-            modules = tuple(f"{layers_path}.{i}.{linear}" for linear in linears)
+            modules = tuple(adapter.layer_path(i, linear) for linear in linears)
             for module in modules:
-                _submodule(model, module)  # fail early, naming the module, if the layout is off
+                submodule(model, module)  # fail early, naming the module, if the layout is off
             sites.append(Site(f"layers.{i}.{kind}", kind, i, modules))
     return sites
 
 
-def _submodule(model: nn.Module, path: str) -> nn.Module:
-    """get_submodule with an error that says which module the layout expected."""
-    try:
-        return model.get_submodule(path)
-    except AttributeError as exc:
-        raise PhasecodeError(f"model has no module {path}; is it a causal LM?") from exc
+# Site kinds of the full spiking model (paper Fig. 2 right, App. B), per decoder layer, in the
+# order a token meets them. `where` is the module (relative to the layer) that reads the site.
+SPIKING_KINDS: dict[str, str] = {
+    "qkv": "attention",  # input of q/k/v_proj (shared)
+    "q": "attention",  # queries after RoPE (operand of Q·Kᵀ, Eq. 50-51)
+    "k": "attention",  # keys after RoPE (per KV head)
+    "v": "attention",  # values (operand of P·V)
+    "probs": "attention",  # attention probabilities after softmax
+    "o": "o",  # input of o_proj
+    "gate_up": "mlp",  # input of gate/up_proj (shared)
+    "silu": "mlp",  # SiLU(gate): one operand of the product (Eq. 55)
+    "up": "mlp",  # up_proj output: the other operand
+    "down": "mlp",  # input of down_proj (the product, after the online rotation)
+}
+LM_HEAD = "lm_head"
+
+
+def spiking_sites(model: nn.Module, lm_head: bool = True) -> list[Site]:
+    """Every site of the spiking model: ten per decoder layer, plus the lm_head input."""
+    adapter = adapter_for(model)
+    sites = []
+    for i in range(adapter.num_layers(model)):
+        for kind, where in SPIKING_KINDS.items():
+            module = adapter.layer_path(i, getattr(adapter, where))
+            submodule(model, module)
+            sites.append(Site(f"layers.{i}.{kind}", kind, i, (module,)))
+    if lm_head:
+        submodule(model, adapter.lm_head)
+        sites.append(Site(LM_HEAD, LM_HEAD, adapter.num_layers(model), (adapter.lm_head,)))
+    return sites

@@ -41,7 +41,11 @@ def companding_levels(magnitude: Tensor, levels: int, window: int = 16) -> Tenso
     cdf = cdf / cdf[:, -1:].clamp_min(1e-30)
     targets = (torch.arange(levels, dtype=xs.dtype) + 0.5) / levels
     pos = torch.searchsorted(cdf.contiguous(), targets.expand(xs.shape[0], -1).contiguous())
-    return xs.gather(1, pos.clamp(max=n - 1))
+    # distinct order statistics for distinct levels: Lloyd never revives a duplicate level
+    rank = torch.arange(levels)
+    pos = (pos.clamp(max=n - 1) - rank).cummax(1).values + rank
+    pos = torch.minimum(pos, n - levels + rank)
+    return xs.gather(1, pos)
 
 
 def lloyd_max(magnitude: Tensor, levels: int, iterations: int = 100) -> Tensor:

@@ -1,0 +1,136 @@
+"""The conversion lifecycle: prepare outliers → calibrate every site → train → spiking model.
+
+1. Hadamard rotation (fold norms, rotate the residual stream, online rotation before
+   ``down_proj``) and the prefix of outlier tokens, computed once by the ANN;
+2. calibration windows run through the model with an ``Observer`` on every site (after the
+   prefix, so no site sees the prefix's massive activations);
+3. all neurons trained in one batch (``fitting.fit_codes``);
+4. the result is a ``SpikingModel`` whose ``coded()`` surgery is the fast equivalent path.
+A converted model is fully described by its ``ConversionSpec`` and code table, so an artifact
+stores only those and rebuilds the rest from the base model on load.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from phasecode.calibration.text import read_texts, token_batches
+from phasecode.coding.table import CodeTable
+from phasecode.conversion.handlers import Coder, Observer, Passthrough
+from phasecode.conversion.surgery import SpikingSurgery
+from phasecode.evaluation.perplexity import perplexity
+from phasecode.evaluation.prefix import (
+    Prefix,
+    build_prefix,
+    find_outlier_tokens,
+    prefix_token_ids,
+)
+from phasecode.fitting import (
+    FitSettings,
+    SamplingSettings,
+    fit_codes,
+    score_sites,
+    split_samples,
+)
+from phasecode.models.hadamard import OnlineRotation
+from phasecode.models.rotation import rotate_model
+from phasecode.models.sites import spiking_sites
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """Everything that, with the base model and the code table, defines a spiking model."""
+
+    method: str = "mgpc"
+    timesteps: int = 8
+    grains: int = 2
+    rotate: bool = True
+    rotation_seed: int = 0
+    prefix_tokens: tuple[int, ...] = ()  # empty: no prefix
+    lm_head: bool = True
+
+
+@dataclass
+class SpikingModel:
+    """A (rotated) base model plus one neuron per site; the surgery is installed on demand."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ConversionSpec
+    table: CodeTable
+    sites: list[str]
+    down_rotation: OnlineRotation | None
+    prefix: Prefix | None
+    report: dict = field(default_factory=dict)
+
+    def coded(self) -> SpikingSurgery:
+        """The fast equivalent path: every site replaced by its neuron's value."""
+        return SpikingSurgery(
+            self.model, Coder(self.table, self.sites), self.down_rotation, self.spec.lm_head
+        )
+
+    def analog(self) -> SpikingSurgery:
+        """The prepared ANN (rotations applied, no neurons), for sanity checks."""
+        return SpikingSurgery(self.model, Passthrough(), self.down_rotation, self.spec.lm_head)
+
+
+def prepare(model, spec: ConversionSpec) -> tuple[OnlineRotation | None, Prefix | None]:
+    """Apply the spec's rotation to ``model`` in place and build its prefix cache."""
+    down = None
+    if spec.rotate:
+        rotate_model(model, spec.rotation_seed, online_down=True)
+        down = OnlineRotation(model.config.intermediate_size, spec.rotation_seed)
+    prefix = None
+    if spec.prefix_tokens:
+        with SpikingSurgery(model, Passthrough(), down, lm_head=False):
+            prefix = build_prefix(model, list(spec.prefix_tokens))
+    return down, prefix
+
+
+def convert(
+    model,
+    tokenizer,
+    fit: FitSettings,
+    sampling: SamplingSettings,
+    rotate: bool = True,
+    prefix_top: int | None = 3,
+    lm_head: bool = True,
+    progress: bool = True,
+) -> SpikingModel:
+    """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
+    start = time.perf_counter()
+    texts = read_texts(sampling.calibration)
+    windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
+    prefix_tokens: tuple[int, ...] = ()
+    outliers = []
+    if prefix_top is not None:
+        search = find_outlier_tokens(model, tokenizer, windows, prefix_top, progress=progress)
+        prefix_tokens = tuple(prefix_token_ids(tokenizer, search.token_ids))
+        outliers = [asdict(t) for t in search.tokens[: 2 * prefix_top]]
+    spec = ConversionSpec(
+        fit.method, fit.timesteps, fit.grains, rotate, sampling.seed, prefix_tokens, lm_head
+    )
+    down, prefix = prepare(model, spec)
+    sites = [s.name for s in spiking_sites(model, lm_head)]
+    observer = Observer(sites, 2 * sampling.samples, sampling.seed)
+    with SpikingSurgery(model, observer, down, lm_head):
+        perplexity(model, windows, prefix, progress=progress)
+    train, heldout = split_samples(observer.samples(), sites, sampling)
+    calibration_seconds = time.perf_counter() - start
+    result = fit_codes(train, fit, progress)
+    scores = score_sites(result.table, train, heldout)
+    report = {
+        "sites": [
+            {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
+            for i, name in enumerate(sites)
+        ],
+        "mean_ratio": float(scores["ratio"].mean()),
+        "seconds": {"calibration": calibration_seconds, "training": result.seconds},
+        "spec": asdict(spec),
+        "outlier_tokens": outliers,
+        "prefix_seconds": prefix.seconds if prefix is not None else 0.0,
+    }
+    return SpikingModel(model, tokenizer, spec, result.table, sites, down, prefix, report)

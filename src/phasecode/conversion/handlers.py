@@ -1,0 +1,65 @@
+"""What happens at a site: the surgery calls ``handler(site_name, x)`` and uses the result.
+
+One surgery serves every phase of a conversion: ``Observer`` samples the ANN's activations
+(calibration), ``Coder`` replaces them with the neuron's value SN(x) (the fast equivalent
+path), and the spike-level simulator plugs in its own handler later.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from phasecode.calibration.reservoir import Reservoir
+from phasecode.coding.neuron import fast_site_value
+from phasecode.coding.table import CodeTable
+
+
+class SiteHandler(Protocol):
+    def __call__(self, site: str, x: Tensor) -> Tensor: ...
+
+
+class Passthrough:
+    """The ANN itself: every site returns its input."""
+
+    def __call__(self, site: str, x: Tensor) -> Tensor:
+        return x
+
+
+class Observer:
+    """Samples each site's values into a reservoir and passes them on unchanged."""
+
+    def __init__(self, sites: list[str], samples: int, seed: int = 0):
+        self.reservoirs = {name: Reservoir(samples, name, seed) for name in sites}
+
+    def __call__(self, site: str, x: Tensor) -> Tensor:
+        reservoir = self.reservoirs.get(site)
+        if reservoir is not None:
+            reservoir.push(x.detach())
+        return x
+
+    def samples(self) -> dict[str, Tensor]:
+        return {name: r.values() for name, r in self.reservoirs.items()}
+
+
+class Coder:
+    """Replaces each coded site's input with SN(x); sites without a neuron pass through.
+
+    ``compiled`` selects the fused kernel (``fast_site_value``), bit-identical to the
+    step-by-step dynamics but one pass over the activations.
+    """
+
+    def __init__(self, table: CodeTable, sites: list[str], compiled: bool = True):
+        if table.sites != len(sites):
+            raise ValueError(f"table has {table.sites} rows for {len(sites)} sites")
+        self.rows = {name: table.select(i) for i, name in enumerate(sites)}
+        self.compiled = compiled
+
+    def __call__(self, site: str, x: Tensor) -> Tensor:
+        row = self.rows.get(site)
+        if row is None:
+            return x
+        with torch.no_grad():
+            return fast_site_value(x, row, self.compiled)

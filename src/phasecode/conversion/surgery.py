@@ -1,0 +1,158 @@
+"""Install site handlers into a transformers model without copying its modeling code.
+
+- q/k/v input: a forward pre-hook on the attention module (its ``hidden_states`` argument);
+- Q and K after RoPE, V, and the attention probabilities: an attention function registered in
+  transformers' attention registry under ``phasecode`` (eager math, GQA-aware, coded before
+  the KV heads are repeated);
+- o_proj input and lm_head input: forward pre-hooks;
+- the MLP: an instance-level ``forward`` that codes the gate/up input, both operands of the
+  SiLU·up product and the (online-rotated) down_proj input.
+Because every operation between sites is exact in the spiking network (linear layers, Eq. 51,
+52-55), this model equals the spiking network summed over time: the fast equivalent path.
+``remove()`` restores the model exactly, also when installation failed half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from phasecode.conversion.handlers import SiteHandler
+from phasecode.models.adapters import Adapter, adapter_for, submodule
+from phasecode.models.sites import LM_HEAD
+
+ATTENTION_KEY = "phasecode"
+
+
+def spiking_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Eager attention with neurons on Q, K, V and the probabilities (App. B, Eq. 50-51)."""
+    handler: SiteHandler = module.phasecode_handler
+    prefix = f"layers.{module.layer_idx}."
+    query = handler(prefix + "q", query)
+    key = handler(prefix + "k", key)
+    value = handler(prefix + "v", value)
+    groups = module.num_key_value_groups
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = query @ key.transpose(2, 3) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = handler(prefix + "probs", probs)
+    out = (probs @ value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+ALL_ATTENTION_FUNCTIONS.register(ATTENTION_KEY, spiking_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_KEY, eager_mask)
+
+
+def spiking_mlp_forward(
+    mlp: nn.Module,
+    handler: SiteHandler,
+    layer: int,
+    down_rotation: Callable[[Tensor], Tensor] | None,
+    x: Tensor,
+) -> Tensor:
+    """SiLU(gate(x))·up(x) → down_proj, with a neuron on every activation (Eq. 55)."""
+    site = f"layers.{layer}."
+    x = handler(site + "gate_up", x)
+    a = handler(site + "silu", mlp.act_fn(mlp.gate_proj(x)))
+    b = handler(site + "up", mlp.up_proj(x))
+    product = a * b
+    if down_rotation is not None:
+        product = down_rotation(product)
+    return mlp.down_proj(handler(site + "down", product))
+
+
+class SpikingSurgery:
+    """Routes every site of a model through ``handler``; use as a context manager or keep."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        handler: SiteHandler,
+        down_rotation: Callable[[Tensor], Tensor] | None = None,
+        lm_head: bool = True,
+    ):
+        self.model, self.handler = model, handler
+        self.adapter: Adapter = adapter_for(model)
+        self.down_rotation, self.lm_head = down_rotation, lm_head
+        self._handles: list = []
+        self._patched: list[nn.Module] = []
+        self._previous_attention: str | None = None
+
+    def install(self) -> SpikingSurgery:
+        try:
+            self._install()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def _install(self) -> None:
+        model, adapter, handler = self.model, self.adapter, self.handler
+        self._previous_attention = model.config._attn_implementation
+        model.config._attn_implementation = ATTENTION_KEY
+        for i in range(adapter.num_layers(model)):
+            attention = submodule(model, adapter.layer_path(i, adapter.attention))
+            attention.phasecode_handler = handler
+            self._patched.append(attention)
+            self._pre_hook(attention, _kwarg_site(handler, f"layers.{i}.qkv"), with_kwargs=True)
+            o_proj = submodule(model, adapter.layer_path(i, adapter.o))
+            self._pre_hook(o_proj, _arg_site(handler, f"layers.{i}.o"))
+            mlp = submodule(model, adapter.layer_path(i, adapter.mlp))
+            mlp.forward = partial(spiking_mlp_forward, mlp, handler, i, self.down_rotation)
+            self._patched.append(mlp)
+        if self.lm_head:
+            head = submodule(model, adapter.lm_head)
+            self._pre_hook(head, _arg_site(handler, LM_HEAD))
+
+    def _pre_hook(self, module: nn.Module, fn, with_kwargs: bool = False) -> None:
+        self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module in self._patched:
+            for name in ("phasecode_handler", "forward"):
+                module.__dict__.pop(name, None)
+        if self._previous_attention is not None:
+            self.model.config._attn_implementation = self._previous_attention
+        self._handles, self._patched, self._previous_attention = [], [], None
+
+    def __enter__(self) -> SpikingSurgery:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _arg_site(handler: SiteHandler, site: str):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        return (handler(site, args[0]), *args[1:])
+
+    return hook
+
+
+def _kwarg_site(handler: SiteHandler, site: str):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (handler(site, args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": handler(site, kwargs["hidden_states"])}
+
+    return hook

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity of the ANN and of the spiking model on the same token windows."""
