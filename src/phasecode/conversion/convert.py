@@ -13,7 +13,7 @@ stores only those and rebuilds the rest from the base model on load.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -90,6 +90,78 @@ def prepare(model, spec: ConversionSpec) -> tuple[OnlineRotation | None, Prefix 
     return down, prefix
 
 
+@dataclass
+class Calibrated:
+    """A prepared model with every site's samples: what all methods and timesteps share."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ConversionSpec  # method/timesteps/grains are filled in by ``fit_spiking``
+    sites: list[str]
+    down_rotation: OnlineRotation | None
+    prefix: Prefix | None
+    train: torch.Tensor  # [S, N]
+    heldout: torch.Tensor  # [S, N]
+    seconds: float
+    outliers: list[dict]
+
+
+def calibrate(
+    model,
+    tokenizer,
+    sampling: SamplingSettings,
+    rotate: bool = True,
+    prefix_top: int | None = 3,
+    lm_head: bool = True,
+    progress: bool = True,
+) -> Calibrated:
+    """Steps 1-2: rotation and prefix (``model`` is modified in place), then site samples."""
+    start = time.perf_counter()
+    texts = read_texts(sampling.calibration)
+    windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
+    prefix_tokens: tuple[int, ...] = ()
+    outliers = []
+    if prefix_top is not None:
+        search = find_outlier_tokens(model, tokenizer, windows, prefix_top, progress=progress)
+        prefix_tokens = tuple(prefix_token_ids(tokenizer, search.token_ids))
+        outliers = [asdict(t) for t in search.tokens[: 2 * prefix_top]]
+    spec = ConversionSpec(
+        rotate=rotate, rotation_seed=sampling.seed, prefix_tokens=prefix_tokens, lm_head=lm_head
+    )
+    down, prefix = prepare(model, spec)
+    sites = [s.name for s in spiking_sites(model, lm_head)]
+    observer = Observer(sites, 2 * sampling.samples, sampling.seed)
+    with SpikingSurgery(model, observer, down, lm_head):
+        perplexity(model, windows, prefix, progress=progress)
+    train, heldout = split_samples(observer.samples(), sites, sampling)
+    seconds = time.perf_counter() - start
+    return Calibrated(
+        model, tokenizer, spec, sites, down, prefix, train, heldout, seconds, outliers
+    )
+
+
+def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True) -> SpikingModel:
+    """Step 3: train (or set) one neuron per site and score it on the held-out samples."""
+    c = calibrated
+    spec = replace(c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains)
+    result = fit_codes(c.train, fit, progress)
+    scores = score_sites(result.table, c.train, c.heldout)
+    report = {
+        "sites": [
+            {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
+            for i, name in enumerate(c.sites)
+        ],
+        "mean_ratio": float(scores["ratio"].mean()),
+        "seconds": {"calibration": c.seconds, "training": result.seconds},
+        "spec": asdict(spec),
+        "outlier_tokens": c.outliers,
+        "prefix_seconds": c.prefix.seconds if c.prefix is not None else 0.0,
+    }
+    return SpikingModel(
+        c.model, c.tokenizer, spec, result.table, c.sites, c.down_rotation, c.prefix, report
+    )
+
+
 def convert(
     model,
     tokenizer,
@@ -101,36 +173,5 @@ def convert(
     progress: bool = True,
 ) -> SpikingModel:
     """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
-    start = time.perf_counter()
-    texts = read_texts(sampling.calibration)
-    windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
-    prefix_tokens: tuple[int, ...] = ()
-    outliers = []
-    if prefix_top is not None:
-        search = find_outlier_tokens(model, tokenizer, windows, prefix_top, progress=progress)
-        prefix_tokens = tuple(prefix_token_ids(tokenizer, search.token_ids))
-        outliers = [asdict(t) for t in search.tokens[: 2 * prefix_top]]
-    spec = ConversionSpec(
-        fit.method, fit.timesteps, fit.grains, rotate, sampling.seed, prefix_tokens, lm_head
-    )
-    down, prefix = prepare(model, spec)
-    sites = [s.name for s in spiking_sites(model, lm_head)]
-    observer = Observer(sites, 2 * sampling.samples, sampling.seed)
-    with SpikingSurgery(model, observer, down, lm_head):
-        perplexity(model, windows, prefix, progress=progress)
-    train, heldout = split_samples(observer.samples(), sites, sampling)
-    calibration_seconds = time.perf_counter() - start
-    result = fit_codes(train, fit, progress)
-    scores = score_sites(result.table, train, heldout)
-    report = {
-        "sites": [
-            {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
-            for i, name in enumerate(sites)
-        ],
-        "mean_ratio": float(scores["ratio"].mean()),
-        "seconds": {"calibration": calibration_seconds, "training": result.seconds},
-        "spec": asdict(spec),
-        "outlier_tokens": outliers,
-        "prefix_seconds": prefix.seconds if prefix is not None else 0.0,
-    }
-    return SpikingModel(model, tokenizer, spec, result.table, sites, down, prefix, report)
+    calibrated = calibrate(model, tokenizer, sampling, rotate, prefix_top, lm_head, progress)
+    return fit_spiking(calibrated, fit, progress)

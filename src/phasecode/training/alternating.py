@@ -33,11 +33,11 @@ class TrainConfig:
     rounds: int = 20  # N
     threshold_steps: int = 4  # N1, steps on {h, θ}
     base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
-    lr_threshold: float = 0.03  # η1, relative to each step's LAS value
-    lr_base: float = 0.01  # η2
+    lr_threshold: float = 0.003  # η1, relative to each step's start value
+    lr_base: float = 0.03  # η2
     sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
     mode: str = "alternating"
-    search_steps: int = 20  # N_α
+    search_steps: int = 40  # N_α
     lr_alpha: float = 0.1  # η_α
     search_samples: int = 1024  # samples per site used during the allocation search
 
