@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_neuron_options(convert)
     convert.add_argument("--no-lm-head", action="store_true", help="keep the lm_head input analog")
+    convert.add_argument("--no-balance", action="store_true", help="no SiLU·up operand balancing")
     convert.add_argument("--out", type=Path, required=True, help="artifact directory")
 
     evaluate = sub.add_parser(
@@ -117,6 +118,7 @@ def run_convert(args: argparse.Namespace) -> int:
         prefix=not args.no_prefix,
         lm_head=not args.no_lm_head,
         progress=not args.quiet,
+        balance=not args.no_balance,
     )
     return 0
 

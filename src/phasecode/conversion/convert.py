@@ -2,8 +2,9 @@
 
 1. Hadamard rotation (fold norms, rotate the residual stream, online rotation before
    ``down_proj``) and the prefix of outlier tokens, computed once by the ANN;
-2. calibration windows run through the model with an ``Observer`` on every site (after the
-   prefix, so no site sees the prefix's massive activations);
+2. the SiLU·up operands balanced per channel (``balance.py``), then calibration windows run
+   through the model with an ``Observer`` on every site (after the prefix, so no site sees
+   the prefix tokens' massive activations; their cached K/V pass the k/v neurons on use);
 3. all neurons trained in one batch (``fitting.fit_codes``);
 4. the result is a ``SpikingModel`` whose ``coded()`` surgery is the fast equivalent path.
 A converted model is fully described by its ``ConversionSpec`` and code table, so an artifact
@@ -16,10 +17,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch import Tensor
 
 from phasecode.calibration.text import read_texts, token_batches
 from phasecode.coding.table import CodeTable
-from phasecode.conversion.handlers import Coder, Observer, Passthrough
+from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
+from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
 from phasecode.conversion.surgery import SpikingSurgery
 from phasecode.evaluation.perplexity import perplexity
 from phasecode.evaluation.prefix import (
@@ -39,6 +42,8 @@ from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.rotation import rotate_model
 from phasecode.models.sites import spiking_sites
 
+BALANCE_WINDOWS = 4  # calibration windows used to measure the per-channel operand ranges
+
 
 @dataclass(frozen=True)
 class ConversionSpec:
@@ -51,6 +56,7 @@ class ConversionSpec:
     rotation_seed: int = 0
     prefix_tokens: tuple[int, ...] = ()  # empty: no prefix
     lm_head: bool = True
+    balance: bool = True  # SiLU·up operand balancing (conversion/balance.py)
 
 
 @dataclass
@@ -65,29 +71,42 @@ class SpikingModel:
     down_rotation: OnlineRotation | None
     prefix: Prefix | None
     report: dict = field(default_factory=dict)
+    silu_scales: Tensor | None = None
 
     def coded(self) -> SpikingSurgery:
         """The fast equivalent path: every site replaced by its neuron's value."""
-        return SpikingSurgery(
-            self.model, Coder(self.table, self.sites), self.down_rotation, self.spec.lm_head
-        )
+        return self.surgery(Coder(self.table, self.sites))
 
     def analog(self) -> SpikingSurgery:
         """The prepared ANN (rotations applied, no neurons), for sanity checks."""
-        return SpikingSurgery(self.model, Passthrough(), self.down_rotation, self.spec.lm_head)
+        return self.surgery(Passthrough())
+
+    def surgery(self, handler: SiteHandler) -> SpikingSurgery:
+        """Any handler on this model's sites, with its rotation and balancing."""
+        return SpikingSurgery(
+            self.model, handler, self.down_rotation, self.spec.lm_head, self.silu_scales
+        )
 
 
-def prepare(model, spec: ConversionSpec) -> tuple[OnlineRotation | None, Prefix | None]:
-    """Apply the spec's rotation to ``model`` in place and build its prefix cache."""
+def prepare(
+    model, spec: ConversionSpec, silu_scales: Tensor | None = None
+) -> tuple[OnlineRotation | None, Prefix | None]:
+    """Apply the spec's rotation (and given balancing) in place; build the prefix cache."""
     down = None
     if spec.rotate:
         rotate_model(model, spec.rotation_seed, online_down=True)
         down = OnlineRotation(model.config.intermediate_size, spec.rotation_seed)
-    prefix = None
-    if spec.prefix_tokens:
-        with SpikingSurgery(model, Passthrough(), down, lm_head=False):
-            prefix = build_prefix(model, list(spec.prefix_tokens))
-    return down, prefix
+    if silu_scales is not None:
+        fold_up_scales(model, silu_scales)
+    return down, prepare_prefix(model, spec, down, silu_scales)
+
+
+def prepare_prefix(model, spec: ConversionSpec, down, silu_scales) -> Prefix | None:
+    """The prefix's KV cache, computed once by the prepared ANN (no neurons)."""
+    if not spec.prefix_tokens:
+        return None
+    with SpikingSurgery(model, Passthrough(), down, False, silu_scales):
+        return build_prefix(model, list(spec.prefix_tokens))
 
 
 @dataclass
@@ -100,6 +119,7 @@ class Calibrated:
     sites: list[str]
     down_rotation: OnlineRotation | None
     prefix: Prefix | None
+    silu_scales: Tensor | None
     train: torch.Tensor  # [S, N]
     heldout: torch.Tensor  # [S, N]
     seconds: float
@@ -114,6 +134,7 @@ def calibrate(
     prefix_top: int | None = 3,
     lm_head: bool = True,
     progress: bool = True,
+    balance: bool = True,
 ) -> Calibrated:
     """Steps 1-2: rotation and prefix (``model`` is modified in place), then site samples."""
     start = time.perf_counter()
@@ -126,17 +147,29 @@ def calibrate(
         prefix_tokens = tuple(prefix_token_ids(tokenizer, search.token_ids))
         outliers = [asdict(t) for t in search.tokens[: 2 * prefix_top]]
     spec = ConversionSpec(
-        rotate=rotate, rotation_seed=sampling.seed, prefix_tokens=prefix_tokens, lm_head=lm_head
+        rotate=rotate,
+        rotation_seed=sampling.seed,
+        prefix_tokens=prefix_tokens,
+        lm_head=lm_head,
+        balance=balance,
     )
     down, prefix = prepare(model, spec)
+    scales = None
+    if balance:
+        peaks = ChannelPeaks(model.config.num_hidden_layers)
+        with SpikingSurgery(model, peaks, down, False):
+            perplexity(model, windows[:BALANCE_WINDOWS], prefix, progress=False)
+        scales = peaks.scales()
+        fold_up_scales(model, scales)
+        prefix = prepare_prefix(model, spec, down, scales)  # exactly as on load
     sites = [s.name for s in spiking_sites(model, lm_head)]
     observer = Observer(sites, 2 * sampling.samples, sampling.seed)
-    with SpikingSurgery(model, observer, down, lm_head):
+    with SpikingSurgery(model, observer, down, lm_head, scales):
         perplexity(model, windows, prefix, progress=progress)
     train, heldout = split_samples(observer.samples(), sites, sampling)
     seconds = time.perf_counter() - start
     return Calibrated(
-        model, tokenizer, spec, sites, down, prefix, train, heldout, seconds, outliers
+        model, tokenizer, spec, sites, down, prefix, scales, train, heldout, seconds, outliers
     )
 
 
@@ -158,7 +191,15 @@ def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True)
         "prefix_seconds": c.prefix.seconds if c.prefix is not None else 0.0,
     }
     return SpikingModel(
-        c.model, c.tokenizer, spec, result.table, c.sites, c.down_rotation, c.prefix, report
+        c.model,
+        c.tokenizer,
+        spec,
+        result.table,
+        c.sites,
+        c.down_rotation,
+        c.prefix,
+        report,
+        c.silu_scales,
     )
 
 
@@ -171,7 +212,10 @@ def convert(
     prefix_top: int | None = 3,
     lm_head: bool = True,
     progress: bool = True,
+    balance: bool = True,
 ) -> SpikingModel:
     """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
-    calibrated = calibrate(model, tokenizer, sampling, rotate, prefix_top, lm_head, progress)
+    calibrated = calibrate(
+        model, tokenizer, sampling, rotate, prefix_top, lm_head, progress, balance
+    )
     return fit_spiking(calibrated, fit, progress)

@@ -24,6 +24,8 @@ KIND = "spiking-model"
 def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> None:
     """Write the artifact; ``base`` is {"name", "fingerprint"} of the unmodified base model."""
     tensors = spiking.table.to_tensors()
+    if spiking.silu_scales is not None:
+        tensors["silu_scales"] = spiking.silu_scales.contiguous()
     metadata = {
         "kind": KIND,
         "spec": asdict(spiking.spec),
@@ -56,7 +58,8 @@ def load_spiking(directory: str | Path, model=None, tokenizer=None) -> SpikingMo
     spec_fields["prefix_tokens"] = tuple(spec_fields["prefix_tokens"])
     spec = ConversionSpec(**spec_fields)
     table = CodeTable.from_tensors(tensors, metadata["allocation"])
-    down, prefix = prepare(model, spec)
+    scales = tensors.get("silu_scales")
+    down, prefix = prepare(model, spec, scales)
     return SpikingModel(
-        model, tokenizer, spec, table, metadata["sites"], down, prefix, metadata["report"]
+        model, tokenizer, spec, table, metadata["sites"], down, prefix, metadata["report"], scales
     )

@@ -66,12 +66,20 @@ def spiking_mlp_forward(
     handler: SiteHandler,
     layer: int,
     down_rotation: Callable[[Tensor], Tensor] | None,
+    silu_scale: Tensor | None,
     x: Tensor,
 ) -> Tensor:
-    """SiLU(gate(x))·up(x) → down_proj, with a neuron on every activation (Eq. 55)."""
+    """SiLU(gate(x))·up(x) → down_proj, with a neuron on every activation (Eq. 55).
+
+    ``silu_scale`` (per channel) divides the SiLU output when the product is balanced (its
+    inverse is folded into up_proj, see ``conversion/balance.py``); SiLU(·)/s is still an
+    element-wise function, run by accumulate-difference like SiLU itself."""
     site = f"layers.{layer}."
     x = handler(site + "gate_up", x)
-    a = handler(site + "silu", mlp.act_fn(mlp.gate_proj(x)))
+    a = mlp.act_fn(mlp.gate_proj(x))
+    if silu_scale is not None:
+        a = a / silu_scale.to(a.dtype)
+    a = handler(site + "silu", a)
     b = handler(site + "up", mlp.up_proj(x))
     product = a * b
     if down_rotation is not None:
@@ -88,13 +96,15 @@ class SpikingSurgery:
         handler: SiteHandler,
         down_rotation: Callable[[Tensor], Tensor] | None = None,
         lm_head: bool = True,
+        silu_scales: Tensor | None = None,
     ):
         self.model, self.handler = model, handler
         self.adapter: Adapter = adapter_for(model)
         self.down_rotation, self.lm_head = down_rotation, lm_head
+        self.silu_scales = silu_scales
         self._handles: list = []
         self._patched: list[nn.Module] = []
-        self._previous_attention: str | None = None
+        self._previous_attention: tuple[str | None] | None = None  # set while installed
 
     def install(self) -> SpikingSurgery:
         try:
@@ -106,7 +116,7 @@ class SpikingSurgery:
 
     def _install(self) -> None:
         model, adapter, handler = self.model, self.adapter, self.handler
-        self._previous_attention = model.config._attn_implementation
+        self._previous_attention = (model.config._attn_implementation,)
         model.config._attn_implementation = ATTENTION_KEY
         for i in range(adapter.num_layers(model)):
             attention = submodule(model, adapter.layer_path(i, adapter.attention))
@@ -116,7 +126,8 @@ class SpikingSurgery:
             o_proj = submodule(model, adapter.layer_path(i, adapter.o))
             self._pre_hook(o_proj, _arg_site(handler, f"layers.{i}.o"))
             mlp = submodule(model, adapter.layer_path(i, adapter.mlp))
-            mlp.forward = partial(spiking_mlp_forward, mlp, handler, i, self.down_rotation)
+            scale = None if self.silu_scales is None else self.silu_scales[i]
+            mlp.forward = partial(spiking_mlp_forward, mlp, handler, i, self.down_rotation, scale)
             self._patched.append(mlp)
         if self.lm_head:
             head = submodule(model, adapter.lm_head)
@@ -132,7 +143,7 @@ class SpikingSurgery:
             for name in ("phasecode_handler", "forward"):
                 module.__dict__.pop(name, None)
         if self._previous_attention is not None:
-            self.model.config._attn_implementation = self._previous_attention
+            self.model.config._attn_implementation = self._previous_attention[0]
         self._handles, self._patched, self._previous_attention = [], [], None
 
     def __enter__(self) -> SpikingSurgery:

@@ -20,12 +20,13 @@ def convert_job(
     prefix: bool = True,
     lm_head: bool = True,
     progress: bool = True,
+    balance: bool = True,
 ) -> SpikingModel:
     """Load, convert, save; prints the per-site-type summary."""
     model, tokenizer = load_model(model_name)
     base = {"name": model_name, "fingerprint": model_fingerprint(model)}
     spiking = convert(
-        model, tokenizer, fit, sampling, rotate, 3 if prefix else None, lm_head, progress
+        model, tokenizer, fit, sampling, rotate, 3 if prefix else None, lm_head, progress, balance
     )
     save_spiking(out, spiking, base)
     print(format_conversion(spiking.report))
@@ -41,7 +42,8 @@ def format_conversion(report: dict) -> str:
     spec = report["spec"]
     lines = [
         f"{spec['method']}  T={spec['timesteps']}  grains={spec['grains']}  "
-        f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}",
+        f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}  "
+        f"balance={spec.get('balance', False)}",
         f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}",
     ]
     for kind, rows in groups.items():
