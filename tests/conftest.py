@@ -51,3 +51,16 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_environment():
+    """Every test tensor is tiny: one intra-op thread (two spin ~30x slower on a busy 2-core
+    machine), and the neuron kernel runs eagerly (tests/test_surgery.py checks the compiled one,
+    which costs a compilation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PHASECODE_COMPILE", "0")
+        yield
+    torch.set_num_threads(threads)

@@ -62,14 +62,6 @@ def calibration(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """main() sets torch's thread count; give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_hf_bars():
     """Hide transformers' own 'Loading weights' bar, so stderr holds only phasecode's output

@@ -12,7 +12,6 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from transformers.utils import logging as hf_logging
 
-from phasecode import cli
 from phasecode.artifacts import load_artifact, save_artifact
 from phasecode.cli import main
 from phasecode.coding.baselines import las
@@ -36,18 +35,10 @@ WORDS = [
 
 @pytest.fixture(scope="module", autouse=True)
 def _restore_global_state():
-    """main() sets torch's thread count and turns transformers' progress bars off; give the
-    other tests theirs back. No torch.compile here (tests/test_surgery.py checks it).
-
-    main() uses one thread per CPU; on tiny tensors two OpenMP threads on a busy 2-core
-    machine spin ~30x slower than one, so the CLI sees a single CPU here."""
-    threads = torch.get_num_threads()
+    """main() turns transformers' progress bars off with --quiet; give the other tests theirs
+    back."""
     bars = hf_logging.is_progress_bar_enabled()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PHASECODE_COMPILE", "0")
-        patch.setattr(cli.os, "cpu_count", lambda: 1)
-        yield
-    torch.set_num_threads(threads)
+    yield
     if bars:
         hf_logging.enable_progress_bar()
     else:

@@ -38,23 +38,6 @@ FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)
 BOS = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: two OpenMP threads on a busy 2-core machine spin ~30x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _eager_neurons():
-    """No torch.compile here (tests/test_surgery.py checks the compiled kernel)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PHASECODE_COMPILE", "0")
-        yield
-
-
 def _model(arch: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(CONFIGS[arch](**SIZES)).eval()

@@ -33,21 +33,6 @@ HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 BATCH, SEQ = 2, 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: two OpenMP threads on a busy 2-core machine spin ~30x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _eager_neurons(monkeypatch):
-    """Keep torch.compile out of every test but the one that checks it."""
-    monkeypatch.setenv("PHASECODE_COMPILE", "0")
-
-
 def _model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> nn.Module:
     """A tiny model with random norm gains and biases, so nothing is accidentally an identity."""
     torch.manual_seed(seed)

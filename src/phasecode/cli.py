@@ -8,8 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from phasecode.errors import PhasecodeError
 from phasecode.fitting import METHODS, FitSettings, SamplingSettings
 from phasecode.models.loading import DEFAULT_MODEL
@@ -52,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_neuron_options(convert)
     convert.add_argument("--no-lm-head", action="store_true", help="keep the lm_head input analog")
-    convert.add_argument("--no-balance", action="store_true", help="no SiLU·up operand balancing")
+    convert.add_argument(
+        "--balance", action="store_true", help="balance the SiLU·up operands per channel"
+    )
     convert.add_argument("--out", type=Path, required=True, help="artifact directory")
 
     evaluate = sub.add_parser(
@@ -118,7 +118,7 @@ def run_convert(args: argparse.Namespace) -> int:
         prefix=not args.no_prefix,
         lm_head=not args.no_lm_head,
         progress=not args.quiet,
-        balance=not args.no_balance,
+        balance=args.balance,
     )
     return 0
 
@@ -160,7 +160,6 @@ COMMANDS = {"neurons": run_neurons, "convert": run_convert, "eval": run_eval, "r
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

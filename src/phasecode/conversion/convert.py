@@ -2,7 +2,7 @@
 
 1. Hadamard rotation (fold norms, rotate the residual stream, online rotation before
    ``down_proj``) and the prefix of outlier tokens, computed once by the ANN;
-2. the SiLU·up operands balanced per channel (``balance.py``), then calibration windows run
+2. optionally the SiLU·up operands balanced per channel (``balance.py``); calibration windows run
    through the model with an ``Observer`` on every site (after the prefix, so no site sees
    the prefix tokens' massive activations; their cached K/V pass the k/v neurons on use);
 3. all neurons trained in one batch (``fitting.fit_codes``);
@@ -56,7 +56,7 @@ class ConversionSpec:
     rotation_seed: int = 0
     prefix_tokens: tuple[int, ...] = ()  # empty: no prefix
     lm_head: bool = True
-    balance: bool = True  # SiLU·up operand balancing (conversion/balance.py)
+    balance: bool = False  # SiLU·up operand balancing (conversion/balance.py), opt-in
 
 
 @dataclass
@@ -134,7 +134,7 @@ def calibrate(
     prefix_top: int | None = 3,
     lm_head: bool = True,
     progress: bool = True,
-    balance: bool = True,
+    balance: bool = False,
 ) -> Calibrated:
     """Steps 1-2: rotation and prefix (``model`` is modified in place), then site samples."""
     start = time.perf_counter()
@@ -212,7 +212,7 @@ def convert(
     prefix_top: int | None = 3,
     lm_head: bool = True,
     progress: bool = True,
-    balance: bool = True,
+    balance: bool = False,
 ) -> SpikingModel:
     """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
     calibrated = calibrate(

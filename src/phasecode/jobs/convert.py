@@ -20,7 +20,7 @@ def convert_job(
     prefix: bool = True,
     lm_head: bool = True,
     progress: bool = True,
-    balance: bool = True,
+    balance: bool = False,
 ) -> SpikingModel:
     """Load, convert, save; prints the per-site-type summary."""
     model, tokenizer = load_model(model_name)

@@ -39,7 +39,7 @@ class TrainConfig:
     mode: str = "alternating"
     search_steps: int = 40  # N_α
     lr_alpha: float = 0.1  # η_α
-    search_samples: int = 1024  # samples per site used during the allocation search
+    search_samples: int = 512  # samples per site used during the allocation search
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
