@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/neurons.py
+	$(BIN)/python benchmarks/conversion.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -18,7 +18,7 @@ from phasecode.coding.allocation import (
     validate_allocation,
     validate_timesteps,
 )
-from phasecode.coding.neuron import decode, site_value, spikes, value
+from phasecode.coding.neuron import decode, fast_site_value, spikes, value
 from phasecode.coding.table import (
     UNLIMITED,
     CodeTable,
@@ -343,7 +343,7 @@ def test_batching_over_sites_equals_site_by_site(make):
         alone = value(x[s : s + 1], table.select(s))
         assert torch.equal(batch[s : s + 1], alone)
         # Any activation shape coded by one site matches the flat result.
-        shaped = site_value(x[s].reshape(3, 10, 10), table, s)
+        shaped = fast_site_value(x[s].reshape(3, 10, 10), table.select(s), compiled=False)
         assert shaped.shape == (3, 10, 10)
         assert torch.equal(shaped.reshape(-1), batch[s])
     # A multi-dimensional [S, ...] batch matches the flat one.

@@ -77,11 +77,6 @@ def value(x: Tensor, table: CodeTable, step_fn: StepFunction = heaviside) -> Ten
     return torch.sign(x) * out
 
 
-def site_value(x: Tensor, table: CodeTable, site: int) -> Tensor:
-    """SN(x) for an activation tensor of any shape, coded by one site of the table."""
-    return value(x.unsqueeze(0), table.select(site))[0]
-
-
 def _fused_site_value(
     x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, budget: int
 ) -> Tensor:
