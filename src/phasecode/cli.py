@@ -75,6 +75,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", type=Path, action="append", default=[], help="a text file")
     parser.add_argument("--seq-len", type=int, default=512, help="evaluation window length")
     parser.add_argument("--limit", type=int, help="evaluate the first N windows only")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--json", type=Path, help="write the evaluation as JSON")
 
 
@@ -128,7 +129,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     corpora = [c for c in args.ppl.split(",") if c]
     report = evaluate_job(
-        args.artifact, corpora, args.text, args.seq_len, args.limit, progress=not args.quiet
+        args.artifact,
+        corpora,
+        args.text,
+        args.seq_len,
+        args.limit,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
     )
     if args.json:
         _write_json(args.json, report)

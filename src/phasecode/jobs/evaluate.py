@@ -24,6 +24,7 @@ def evaluate_job(
     seq_len: int = 512,
     limit: int | None = None,
     progress: bool = True,
+    batch_size: int = 4,
 ) -> dict:
     """ANN on its own windows (the standard protocol), then the spiking model on the same
     windows after its prefix; also the prepared ANN with that prefix, so the prefix's own
@@ -38,16 +39,16 @@ def evaluate_job(
     prefix_len = len(metadata["spec"]["prefix_tokens"])
     check_seq_len(model, seq_len, prefix_len)
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
-    ann = {k: perplexity(model, w, progress=progress) for k, w in windows.items()}
+
+    def score(prefix=None) -> dict:
+        return {k: perplexity(model, w, prefix, batch_size, progress) for k, w in windows.items()}
+
+    ann = score()
     spiking = load_spiking(artifact, model, tokenizer)
     with spiking.analog():
-        analog = {
-            k: perplexity(model, w, spiking.prefix, progress=progress) for k, w in windows.items()
-        }
+        analog = score(spiking.prefix)
     with spiking.coded():
-        snn = {
-            k: perplexity(model, w, spiking.prefix, progress=progress) for k, w in windows.items()
-        }
+        snn = score(spiking.prefix)
     report = {"ppl": {}, "seconds": {"ann": 0.0, "snn": 0.0}}
     for k, w in windows.items():
         report["ppl"][k] = {
