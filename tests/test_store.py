@@ -180,3 +180,12 @@ def test_a_tampered_table_is_refused(saved, tmp_path, tiny_tokenizer):
     (copy / "neurons.safetensors").write_bytes(bytes(blob))
     with pytest.raises(PhasecodeError, match="checksum"):
         load_spiking(copy, _base(), tiny_tokenizer)
+
+
+def test_artifact_keeps_the_training_loss_curve(saved):
+    directory, spiking, _, _ = saved
+    tensors, metadata = load_artifact(directory)
+    curve, phases = tensors["loss_curve"], metadata["loss_phases"]
+    assert curve.shape == (len(spiking.sites), len(phases))
+    assert set(phases) == {"threshold", "base"}
+    torch.testing.assert_close(curve, spiking.loss_curve)

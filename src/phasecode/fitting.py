@@ -73,8 +73,9 @@ class SiteSamples:
 @dataclass
 class FitResult:
     table: CodeTable
-    loss_curve: Tensor | None
+    loss_curve: Tensor | None  # [S, steps] for trained codes (Figure 4)
     seconds: float
+    loss_phases: list[str] = field(default_factory=list)  # which parameters each step moved
 
 
 def down_rotations(model, sites: list[Site], seed: int) -> dict[str, callable]:
@@ -129,20 +130,20 @@ def fit_codes(train: Tensor, settings: FitSettings, progress: bool = True) -> Fi
     """One code table row per site, by the chosen method."""
     start = time.perf_counter()
     sites, t = train.shape[0], settings.timesteps
-    curve = None
+    curve, phases = None, []
     if settings.method == "mgpc":
         if settings.grains > 1:
             allocation, _ = search_allocation(train, t, settings.grains, settings.train)
         else:
             allocation = [even_allocation(t, 1)] * sites
         result = train_neurons(train, allocation, settings.train, progress=progress)
-        table, curve = result.table, result.loss_curve
+        table, curve, phases = result.table, result.loss_curve, result.phases
     elif settings.method == "phase":
         table = baselines.phase(sites, t)
     else:
         build = baselines.FIXED_CODES[settings.method]
         table = build(fit_tau(settings.method, train, t, build), t)
-    return FitResult(table, curve, time.perf_counter() - start)
+    return FitResult(table, curve, time.perf_counter() - start, phases)
 
 
 def score_sites(table: CodeTable, train: Tensor, heldout: Tensor) -> dict[str, Tensor]:

@@ -72,6 +72,8 @@ class SpikingModel:
     prefix: Prefix | None
     report: dict = field(default_factory=dict)
     silu_scales: Tensor | None = None
+    loss_curve: Tensor | None = None  # [S, steps] of training (Figure 4); None once reloaded
+    loss_phases: list[str] = field(default_factory=list)
 
     def coded(self) -> SpikingSurgery:
         """The fast equivalent path: every site replaced by its neuron's value."""
@@ -200,6 +202,8 @@ def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True)
         c.prefix,
         report,
         c.silu_scales,
+        result.loss_curve,
+        result.loss_phases,
     )
 
 

@@ -26,6 +26,8 @@ def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> No
     tensors = spiking.table.to_tensors()
     if spiking.silu_scales is not None:
         tensors["silu_scales"] = spiking.silu_scales.contiguous()
+    if spiking.loss_curve is not None:
+        tensors["loss_curve"] = spiking.loss_curve.contiguous()
     metadata = {
         "kind": KIND,
         "spec": asdict(spiking.spec),
@@ -33,6 +35,7 @@ def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> No
         "allocation": spiking.table.allocations,
         "base_model": base,
         "report": spiking.report,
+        "loss_phases": spiking.loss_phases,
     }
     save_artifact(directory, tensors, metadata)
 

@@ -81,6 +81,7 @@ def save_neurons(out, fit, sites, model, model_name, settings, sampling, report)
     if fit.loss_curve is not None:
         tensors["loss_curve"] = fit.loss_curve
     metadata = {
+        "loss_phases": fit.loss_phases,
         "kind": "neurons",
         "method": settings.method,
         "timesteps": settings.timesteps,
