@@ -11,12 +11,20 @@ from pathlib import Path
 from phasecode.errors import PhasecodeError
 from phasecode.fitting import METHODS, FitSettings, SamplingSettings
 from phasecode.models.loading import DEFAULT_MODEL
+from phasecode.training.alternating import TrainConfig
 
 
 def _add_neuron_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local path or smollm2-135m")
     parser.add_argument("--timesteps", "-T", type=int, default=8, help="timesteps T (1..32)")
     parser.add_argument("--grains", type=int, default=2, help="number of bases (grains)")
+    parser.add_argument(
+        "--lr-threshold",
+        type=float,
+        default=TrainConfig.lr_threshold,
+        help="η1 of Alg. 1 (steps on θ, h, relative to their start values)",
+    )
+    parser.add_argument("--rounds", type=int, default=TrainConfig.rounds, help="N of Alg. 1")
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
     parser.add_argument("--samples", type=int, default=10_000, help="training samples per site")
     parser.add_argument("--calibration", type=Path, help="calibration text (.jsonl or .txt)")
@@ -79,6 +87,13 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the evaluation as JSON")
 
 
+def _fit_settings(args: argparse.Namespace) -> FitSettings:
+    if args.lr_threshold <= 0 or args.rounds < 1:
+        raise PhasecodeError("--lr-threshold must be > 0 and --rounds >= 1")
+    train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds)
+    return FitSettings(args.method, args.timesteps, args.grains, train)
+
+
 def _sampling(args: argparse.Namespace) -> SamplingSettings:
     defaults = SamplingSettings()
     if args.samples < 16:
@@ -97,7 +112,7 @@ def _sampling(args: argparse.Namespace) -> SamplingSettings:
 def run_neurons(args: argparse.Namespace) -> int:
     from phasecode.jobs.neurons import neurons_job
 
-    settings = FitSettings(method=args.method, timesteps=args.timesteps, grains=args.grains)
+    settings = _fit_settings(args)
     report = neurons_job(
         args.model, settings, _sampling(args), out=args.out, progress=not args.quiet
     )
@@ -109,7 +124,7 @@ def run_neurons(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from phasecode.jobs.convert import convert_job
 
-    settings = FitSettings(method=args.method, timesteps=args.timesteps, grains=args.grains)
+    settings = _fit_settings(args)
     convert_job(
         args.model,
         settings,
