@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import write_calibration
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
@@ -26,10 +27,6 @@ TINY_SIZES = dict(
     num_key_value_heads=2,
 )
 SITES = 4 * TINY_SIZES["num_hidden_layers"]
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
-    "dog", "while", "spiking", "neurons", "code", "phases",
-]  # fmt: skip
 SITE_KEYS = {"name", "mse", "lloyd_max_mse", "ratio"}
 REPORT_KEYS = {"sites", "mean_ratio", "train_seconds", "timesteps", "grains", "method"}
 
@@ -52,14 +49,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    gen = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(12):
-        picks = torch.randint(len(WORDS), (50,), generator=gen).tolist()
-        lines.append(json.dumps({"text": " ".join(WORDS[i] for i in picks)}))
-    path = tmp_path_factory.mktemp("calibration") / "calib.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_calibration(tmp_path_factory.mktemp("calibration") / "calib.jsonl")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import eager_logits, logits, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -30,10 +31,6 @@ SIZES = dict(
     num_key_value_heads=2,
 )
 LAYERS = SIZES["num_hidden_layers"]
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
-    "dog", "while", "spiking", "neurons", "code", "phases",
-]  # fmt: skip
 FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)
 BOS = 0
 
@@ -45,14 +42,7 @@ def _model(arch: str, seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    gen = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(12):
-        picks = torch.randint(len(WORDS), (50,), generator=gen).tolist()
-        lines.append(json.dumps({"text": " ".join(WORDS[i] for i in picks)}))
-    path = tmp_path_factory.mktemp("calibration") / "calib.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_calibration(tmp_path_factory.mktemp("calibration") / "calib.jsonl")
 
 
 def _sampling(calibration) -> SamplingSettings:
@@ -63,28 +53,13 @@ def _tokens() -> torch.Tensor:
     return torch.randint(2, 258, (2, 16), generator=torch.Generator().manual_seed(5))
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    return model(tokens).logits
-
-
-@torch.no_grad()
-def _eager_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        return model(tokens).logits
-    finally:
-        model.config._attn_implementation = previous
-
-
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
 def _logits_under(spiking: SpikingModel, surgery, tokens: torch.Tensor) -> torch.Tensor:
     with surgery:
-        return _logits(spiking.model, tokens)
+        return logits(spiking.model, tokens)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -92,7 +67,7 @@ def converted(request, calibration, tiny_tokenizer):
     """(arch, spiking model, the original model's logits) for the default conversion."""
     model = _model(request.param)
     tokens = _tokens()
-    original = _logits(model, tokens)
+    original = logits(model, tokens)
     fit = FitSettings("mgpc", 4, 2, FAST_TRAINING)
     spiking = convert(model, tiny_tokenizer, fit, _sampling(calibration), progress=False)
     assert spiking.model is model  # converted in place
@@ -157,7 +132,7 @@ def test_analog_equals_the_original_model(converted):
     _, spiking, original = converted
     analog = _logits_under(spiking, spiking.analog(), _tokens())
     assert (analog - original).abs().max() <= 1e-4 * original.abs().max()
-    plain = _logits(spiking.model, _tokens())  # without the online rotation the model is off
+    plain = logits(spiking.model, _tokens())  # without the online rotation the model is off
     assert (plain - original).abs().max() > 1e-3 * original.abs().max()
 
 
@@ -203,7 +178,7 @@ def plain(calibration, tiny_tokenizer):
     with the eager reference logits."""
     model = _model("llama")
     tokens = _tokens()
-    reference = _eager_logits(model, tokens)
+    reference = eager_logits(model, tokens)
     fit = FitSettings("las", 4, 1)
     spiking = convert(
         model,

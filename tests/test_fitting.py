@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers import write_calibration
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from phasecode.coding.neuron import value
@@ -35,10 +34,6 @@ LAYERS = TINY_SIZES["num_hidden_layers"]
 SITES = 4 * LAYERS  # qkv, o, gate_up, down per layer
 SEQUENCES, SEQ_LEN = 4, 32
 FAST = TrainConfig(rounds=3, threshold_steps=2, base_steps=3, search_steps=4, search_samples=256)
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
-    "dog", "while", "spiking", "neurons", "code", "phases",
-]  # fmt: skip
 
 
 def _byte_llama(seed: int = 0):
@@ -48,16 +43,6 @@ def _byte_llama(seed: int = 0):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def _write_calibration(path, docs: int = 12, words: int = 50):
-    gen = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(docs):
-        picks = torch.randint(len(WORDS), (words,), generator=gen).tolist()
-        lines.append(json.dumps({"text": " ".join(WORDS[i] for i in picks)}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def llama():
     return _byte_llama()
@@ -65,7 +50,7 @@ def llama():
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    return _write_calibration(tmp_path_factory.mktemp("calibration") / "calib.jsonl")
+    return write_calibration(tmp_path_factory.mktemp("calibration") / "calib.jsonl")
 
 
 def _settings(calibration, **kw) -> SamplingSettings:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -27,10 +28,6 @@ SIZES = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
-    "dog", "while", "spiking", "neurons", "code", "phases",
-]  # fmt: skip
 
 
 def _base(seed: int = 0) -> nn.Module:
@@ -52,14 +49,8 @@ def _coded_logits(spiking, tokens: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_tokenizer):
     """A converted tiny LLaMA saved as an artifact, with its coded logits."""
-    gen = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(8):
-        picks = torch.randint(len(WORDS), (50,), generator=gen).tolist()
-        lines.append(json.dumps({"text": " ".join(WORDS[i] for i in picks)}))
     work = tmp_path_factory.mktemp("store")
-    calibration = work / "calib.jsonl"
-    calibration.write_text("\n".join(lines) + "\n")
+    calibration = write_calibration(work / "calib.jsonl", docs=8)
     model = _base()
     base = {"name": "tiny-llama", "fingerprint": model_fingerprint(model)}
     fit = FitSettings("mgpc", 4, 2, TrainConfig(rounds=2, search_steps=2, search_samples=64))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import eager_logits, logits
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -64,22 +65,6 @@ def _tokens(batch: int = BATCH, length: int = SEQ, vocab: int = 128) -> torch.Te
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(7))
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    return model(tokens).logits
-
-
-@torch.no_grad()
-def _eager_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """The model's own eager attention, whatever implementation it was set to."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        return model(tokens).logits
-    finally:
-        model.config._attn_implementation = previous
-
-
 def _site_names(model: nn.Module, lm_head: bool = True) -> list[str]:
     return [site.name for site in spiking_sites(model, lm_head)]
 
@@ -95,10 +80,10 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_passthrough_equals_eager_attention_exactly(arch):
     model = _model(arch, torch.float64)
     tokens = _tokens()
-    reference = _eager_logits(model, tokens)
+    reference = eager_logits(model, tokens)
     with SpikingSurgery(model, Passthrough()):
         assert model.config._attn_implementation == ATTENTION_KEY
-        got = _logits(model, tokens)
+        got = logits(model, tokens)
     assert torch.equal(got, reference)
 
 
@@ -107,10 +92,10 @@ def test_passthrough_honours_mistral_sliding_window():
     model = _model("mistral", torch.float64, sliding_window=4)
     full = _model("mistral", torch.float64, sliding_window=None)
     tokens = _tokens()
-    reference = _eager_logits(model, tokens)
-    assert not torch.allclose(reference, _eager_logits(full, tokens))  # the window matters
+    reference = eager_logits(model, tokens)
+    assert not torch.allclose(reference, eager_logits(full, tokens))  # the window matters
     with SpikingSurgery(model, Passthrough()):
-        got = _logits(model, tokens)
+        got = logits(model, tokens)
     assert torch.equal(got, reference)
 
 
@@ -125,13 +110,13 @@ def test_online_down_rotation_restores_the_rotated_model(arch, monkeypatch):
     for norm in _rms_norms(model):
         monkeypatch.setattr(type(norm), "forward", _rms_norm_in_input_dtype)
     tokens = _tokens()
-    reference = _eager_logits(model, tokens)
+    reference = eager_logits(model, tokens)
     rotate_model(model, seed=3, online_down=True)
     rotation = OnlineRotation(model.config.intermediate_size, seed=3)
     with SpikingSurgery(model, Passthrough()):  # without the online rotation: wrong
-        unrotated = _logits(model, tokens)
+        unrotated = logits(model, tokens)
     with SpikingSurgery(model, Passthrough(), down_rotation=rotation):
-        got = _logits(model, tokens)
+        got = logits(model, tokens)
     assert (unrotated - reference).abs().max() > 1e-3
     assert (got - reference).abs().max() <= 1e-9
 
@@ -182,7 +167,7 @@ def test_handler_sees_every_site_with_its_shape(arch):
         return x
 
     with SpikingSurgery(model, recording):
-        _logits(model, _tokens())
+        logits(model, _tokens())
     names = _site_names(model)
     assert len(names) == len(SPIKING_KINDS) * 2 + 1
     assert sorted(shapes) == sorted(names)
@@ -210,8 +195,8 @@ def test_observer_samples_every_site():
     names = _site_names(model)
     observer = Observer(names, samples=50, seed=0)
     with SpikingSurgery(model, observer):
-        reference = _eager_logits(model, _tokens())
-        got = _logits(model, _tokens())
+        reference = eager_logits(model, _tokens())
+        got = logits(model, _tokens())
     assert torch.equal(got, reference)
     samples = observer.samples()
     assert sorted(samples) == sorted(names)
@@ -233,7 +218,7 @@ def test_without_lm_head_the_head_input_is_not_a_site():
         return x
 
     with SpikingSurgery(model, recording, lm_head=False):
-        _logits(model, _tokens())
+        logits(model, _tokens())
     assert "lm_head" not in seen
     assert sorted(seen) == sorted(_site_names(model, lm_head=False))
 
@@ -268,7 +253,7 @@ def test_remove_restores_the_model(attention):
     model = _model("mistral")
     model.config._attn_implementation = attention
     tokens = _tokens()
-    reference = _logits(model, tokens)
+    reference = logits(model, tokens)
     before = _hook_state(model)
     surgery = SpikingSurgery(model, Passthrough()).install()
     adapter = adapter_for(model)
@@ -277,7 +262,7 @@ def test_remove_restores_the_model(attention):
     assert _hook_state(model) != before
     surgery.remove()
     _assert_pristine(model, before, attention)
-    assert torch.equal(_logits(model, tokens), reference)
+    assert torch.equal(logits(model, tokens), reference)
     surgery.remove()  # idempotent
     _assert_pristine(model, before, attention)
 
@@ -286,17 +271,17 @@ def test_remove_restores_an_unset_attention_implementation():
     model = _model("llama")
     model.config._attn_implementation = None  # transformers then falls back to eager
     tokens = _tokens()
-    reference = _logits(model, tokens)
+    reference = logits(model, tokens)
     with SpikingSurgery(model, Passthrough()):
-        _logits(model, tokens)
+        logits(model, tokens)
     assert model.config._attn_implementation is None
-    assert torch.equal(_logits(model, tokens), reference)
+    assert torch.equal(logits(model, tokens), reference)
 
 
 def test_remove_after_an_exception_inside_the_block():
     model = _model("llama")
     tokens = _tokens()
-    reference = _logits(model, tokens)
+    reference = logits(model, tokens)
     before = _hook_state(model)
 
     def failing(site: str, x: torch.Tensor) -> torch.Tensor:
@@ -305,9 +290,9 @@ def test_remove_after_an_exception_inside_the_block():
         return x
 
     with pytest.raises(RuntimeError, match="boom at layers.1.silu"), SpikingSurgery(model, failing):
-        _logits(model, tokens)
+        logits(model, tokens)
     _assert_pristine(model, before, "sdpa")
-    assert torch.equal(_logits(model, tokens), reference)
+    assert torch.equal(logits(model, tokens), reference)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +302,7 @@ def test_remove_after_an_exception_inside_the_block():
 def test_remove_after_installation_failed_half_way(monkeypatch, failing_path):
     model = _model("qwen2")
     tokens = _tokens()
-    reference = _logits(model, tokens)
+    reference = logits(model, tokens)
     before = _hook_state(model)
     real = surgery_module.submodule
     looked_up = []
@@ -334,7 +319,7 @@ def test_remove_after_installation_failed_half_way(monkeypatch, failing_path):
         surgery.install()
     assert len(looked_up) > 3  # layer 0 was fully patched before the failure
     _assert_pristine(model, before, "sdpa")
-    assert torch.equal(_logits(model, tokens), reference)
+    assert torch.equal(logits(model, tokens), reference)
 
 
 def test_unsupported_model_is_refused_before_touching_it():
@@ -357,7 +342,7 @@ def _site_peaks(model: nn.Module, tokens: torch.Tensor) -> dict[str, float]:
         return x
 
     with SpikingSurgery(model, recording):
-        _logits(model, tokens)
+        logits(model, tokens)
     return peaks
 
 
@@ -373,14 +358,14 @@ def _las_coder(model: nn.Module, tokens: torch.Tensor, timesteps: int, **kw) -> 
 def coding_setup():
     model = _model("llama")
     tokens = _tokens()
-    return model, tokens, _logits(model, tokens)
+    return model, tokens, logits(model, tokens)
 
 
 def test_fine_coder_is_close_to_the_ann(coding_setup):
     model, tokens, ann = coding_setup
     coder = _las_coder(model, tokens, 24, compiled=False)
     with SpikingSurgery(model, coder):
-        coded = _logits(model, tokens)
+        coded = logits(model, tokens)
     assert not torch.equal(coded, ann)  # coding did happen
     assert _relative_error(coded, ann) < 1e-4
 
@@ -389,7 +374,7 @@ def test_coarse_coder_changes_the_logits(coding_setup):
     model, tokens, ann = coding_setup
     coder = _las_coder(model, tokens, 2, compiled=False)
     with SpikingSurgery(model, coder):
-        coded = _logits(model, tokens)
+        coded = logits(model, tokens)
     assert _relative_error(coded, ann) > 0.05
 
 
@@ -401,7 +386,7 @@ def test_every_site_is_coded_on_its_own(coding_setup):
     for name, row in full.rows.items():
         single = Coder(row, [name], compiled=False)
         with SpikingSurgery(model, single):
-            coded = _logits(model, tokens)
+            coded = logits(model, tokens)
         if _relative_error(coded, ann) < 1e-3:
             unchanged.append(name)
     assert len(full.rows) == 21
@@ -426,9 +411,9 @@ def test_compiled_coder_equals_eager_value_bit_exactly(coding_setup, monkeypatch
         return value(x.unsqueeze(0), rows[site].to(x.dtype))[0]
 
     with SpikingSurgery(model, eager):
-        reference = _logits(model, tokens)
+        reference = logits(model, tokens)
     with SpikingSurgery(model, compiled):
-        got = _logits(model, tokens)
+        got = logits(model, tokens)
     assert "value" in neuron._COMPILED  # the compiled kernel really ran
     assert not torch.equal(reference, ann)
     assert torch.equal(got, reference)
