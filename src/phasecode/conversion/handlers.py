@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from phasecode.calibration.reservoir import Reservoir
-from phasecode.coding.neuron import fast_site_value
+from phasecode.coding.neuron import fast_site_value, mask_window
 from phasecode.coding.table import CodeTable
 
 
@@ -54,18 +54,22 @@ class Coder:
     """Replaces each coded site's input with SN(x); sites without a neuron pass through.
 
     ``compiled`` selects the fused kernel (``fast_site_value``), bit-identical to the
-    step-by-step dynamics but one pass over the activations.
+    step-by-step dynamics but one pass over the activations; ``mask_strength`` applies spike
+    masking (``coding.neuron.mask_window``).
     """
 
-    def __init__(self, table: CodeTable, sites: list[str], compiled: bool = True):
+    def __init__(
+        self, table: CodeTable, sites: list[str], compiled: bool = True, mask_strength: int = 0
+    ):
         if table.sites != len(sites):
             raise ValueError(f"table has {table.sites} rows for {len(sites)} sites")
+        mask_window(table.timesteps, mask_strength)  # validate now, not at the first site
         self.rows = {name: table.select(i) for i, name in enumerate(sites)}
-        self.compiled = compiled
+        self.compiled, self.mask_strength = compiled, mask_strength
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
         row = self.rows.get(site)
         if row is None:
             return x
         with torch.no_grad():
-            return fast_site_value(x, row, self.compiled)
+            return fast_site_value(x, row, self.compiled, self.mask_strength)

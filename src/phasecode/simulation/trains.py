@@ -1,0 +1,62 @@
+"""Spike trains: what one site's neurons emit over T timesteps.
+
+A neuron integrates its whole input first (the sum of the increments it receives), then fires
+(``coding.neuron.spikes``, the one implementation of the dynamics). The train keeps the signed
+spikes as int8 — one bit of information per neuron and step, plus the sign — and the site's
+output weights d(t), so that Q_{s,t} = d(t)·s(t) is formed only where an operator consumes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from phasecode.coding.neuron import mask_spikes, spikes
+from phasecode.coding.table import CodeTable
+
+
+@dataclass(frozen=True)
+class SpikeTrain:
+    """Signed spikes [T, ...] (int8) of one site, with that site's d(t) [T]."""
+
+    spikes: Tensor
+    weight: Tensor
+
+    @property
+    def timesteps(self) -> int:
+        return self.spikes.shape[0]
+
+    def steps(self) -> Tensor:
+        """[T, ...] of d(t)·s(t): the value each step carries (Eq. 50's Q_{s,t})."""
+        shape = (self.timesteps,) + (1,) * (self.spikes.dim() - 1)
+        return self.spikes.to(self.weight.dtype) * self.weight.view(shape)
+
+    def value(self) -> Tensor:
+        """Σ_t d(t)·s(t): what the train is worth once summed over time."""
+        return self.steps().sum(0)
+
+    def per_step_counts(self) -> Tensor:
+        """Number of spikes at each step, [T] (signed spikes count as one)."""
+        return (self.spikes != 0).flatten(1).sum(1)
+
+    def narrow(self, dim: int, start: int, length: int) -> SpikeTrain:
+        """A slice along data dimension ``dim`` (0 = the first dimension after time)."""
+        return SpikeTrain(self.spikes.narrow(dim + 1, start, length), self.weight)
+
+    def cat(self, other: SpikeTrain, dim: int) -> SpikeTrain:
+        """Concatenate along data dimension ``dim`` (both trains from the same site)."""
+        return SpikeTrain(torch.cat([self.spikes, other.spikes], dim + 1), self.weight)
+
+
+def encode(x: Tensor, row: CodeTable, mask_strength: int = 0) -> SpikeTrain:
+    """The spikes a site's neurons fire for integrated input ``x`` (any shape)."""
+    table = row.to(x.dtype, x.device)
+    train = spikes(x.unsqueeze(0), table)[:, 0].to(torch.int8)
+    return SpikeTrain(mask_spikes(train, mask_strength), table.weight[0])
+
+
+def integrate(increments: Tensor) -> Tensor:
+    """A neuron's charge: the sum of the T increments its input delivered."""
+    return increments.sum(0)
