@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/neurons.py
 	$(BIN)/python benchmarks/conversion.py
+	$(BIN)/python benchmarks/energy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

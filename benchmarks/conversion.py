@@ -2,7 +2,8 @@
 
 Rows (same windows for all): the ANN; LAS and mgpc with 1, 2, 3 grains at T = 6, 8, 10 (with
 rotation and prefix); mgpc T=8 with 2 grains without rotation, without prefix, without both.
-Calibration is shared by all rows with the same outlier handling. Results are appended to
+Calibration is shared by all rows with the same outlier handling (the grid loop of
+``phasecode.comparison.grid``, which `phasecode compare` also runs). Results are appended to
 benchmarks/results/conversion.json as each row finishes, and a rerun skips finished rows;
 docs/results-conversion.md is regenerated from the JSON.
 
@@ -18,24 +19,30 @@ from pathlib import Path
 
 import torch
 
-from phasecode.conversion.convert import calibrate, fit_spiking
+from phasecode.comparison.grid import Cell, calibrations, convert_cell
+from phasecode.comparison.store import write_json_atomic
 from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
-from phasecode.fitting import FitSettings, SamplingSettings
+from phasecode.fitting import SamplingSettings
 from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.training.alternating import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "conversion.json"
 DOC = ROOT / "docs" / "results-conversion.md"
-MAIN = [("las", t, 1) for t in (6, 8, 10)] + [("mgpc", t, g) for t in (6, 8, 10) for g in (1, 2, 3)]
-ABLATIONS = {
-    (False, True): [("mgpc", 8, 2)],
-    (True, False): [("mgpc", 8, 2)],
-    (False, False): [("mgpc", 8, 2)],
-}
+MAIN = [Cell("las", t) for t in (6, 8, 10)] + [
+    Cell("mgpc", t, g, "alternating") for t in (6, 8, 10) for g in (1, 2, 3)
+]
+ABLATIONS = [
+    Cell("mgpc", 8, 2, "alternating", rotate=rotate, prefix=prefix)
+    for rotate, prefix in ((False, True), (True, False), (False, False))
+]
 
 
-def key(method: str, t: int, grains: int, rotate: bool, prefix: bool) -> str:
-    return f"{method}-T{t}-g{grains}-rot{int(rotate)}-pre{int(prefix)}"
+def key(cell: Cell) -> str:
+    return (
+        f"{cell.method}-T{cell.timesteps}-g{cell.grains}-"
+        f"rot{int(cell.rotate)}-pre{int(cell.prefix)}"
+    )
 
 
 def run(model_name: str, windows_n: int, seq_len: int, batch: int) -> None:
@@ -47,43 +54,36 @@ def run(model_name: str, windows_n: int, seq_len: int, batch: int) -> None:
         done["ann"] = {"ppl": ann.ppl, "seconds": ann.seconds}
         done.update(model=model_name, windows=len(windows), seq_len=seq_len)
         _save(done)
-    plan = {(True, True): MAIN, **ABLATIONS}
-    for (rotate, prefix), rows in plan.items():
-        todo = [r for r in rows if key(*r, rotate, prefix) not in done["rows"]]
-        if not todo:
-            continue
-        model, tokenizer = load_model(model_name)
-        cal = calibrate(
-            model, tokenizer, SamplingSettings(), rotate, 3 if prefix else None, progress=False
-        )
-        for method, t, grains in todo:
-            spiking = fit_spiking(cal, FitSettings(method, t, grains), progress=False)
-            with spiking.coded():
-                snn = perplexity(model, windows, spiking.prefix, batch_size=batch, progress=False)
-            seconds = spiking.report["seconds"]
-            row = {
-                "method": method,
-                "timesteps": t,
-                "grains": grains,
-                "rotate": rotate,
-                "prefix": prefix,
-                "ppl": snn.ppl,
-                "ratio": snn.ppl / done["ann"]["ppl"],
-                "mean_site_ratio": spiking.report["mean_ratio"],
-                "calibration_seconds": seconds["calibration"],
-                "training_seconds": seconds["training"],
-                "eval_seconds": snn.seconds,
-            }
-            done["rows"][key(method, t, grains, rotate, prefix)] = row
-            _save(done)
-            print(json.dumps(row), flush=True)
+    todo = [cell for cell in MAIN + ABLATIONS if key(cell) not in done["rows"]]
+    for cell, calibrated in calibrations(lambda: load_model(model_name), todo, SamplingSettings()):
+        spiking = convert_cell(calibrated, cell, TrainConfig())
+        with spiking.coded():
+            snn = perplexity(
+                spiking.model, windows, spiking.prefix, batch_size=batch, progress=False
+            )
+        seconds = spiking.report["seconds"]
+        row = {
+            "method": cell.method,
+            "timesteps": cell.timesteps,
+            "grains": cell.grains,
+            "rotate": cell.rotate,
+            "prefix": cell.prefix,
+            "ppl": snn.ppl,
+            "ratio": snn.ppl / done["ann"]["ppl"],
+            "mean_site_ratio": spiking.report["mean_ratio"],
+            "calibration_seconds": seconds["calibration"],
+            "training_seconds": seconds["training"],
+            "eval_seconds": snn.seconds,
+        }
+        done["rows"][key(cell)] = row
+        _save(done)
+        print(json.dumps(row), flush=True)
 
 
 def _save(result: dict) -> None:
     result["date"] = time.strftime("%Y-%m-%d")
     result["torch_threads"] = torch.get_num_threads()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(RESULTS, result)
     DOC.write_text(markdown(result))
 
 

@@ -39,7 +39,9 @@ DOC = ROOT / "docs" / "results-energy.md"
 def run(artifact: Path, tokens: int, windows_n: int, strengths: list[int]) -> dict:
     if not artifact.exists():
         convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), artifact, progress=False)
-    results = {"artifact": str(artifact), "tokens": tokens}
+    shown = artifact.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    results = {"artifact": str(shown), "tokens": tokens}
     results["parity"] = {
         dtype: simulate_job(artifact, 64, check=True, float64=dtype == "float64")["check"]
         for dtype in ("float64", "float32")

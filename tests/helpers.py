@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 WORDS = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
@@ -39,3 +40,33 @@ def eager_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens).logits
     finally:
         model.config._attn_implementation = previous
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    """A 2-layer LLaMA whose vocabulary covers the byte-level tiny tokenizer (ids up to 257)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=258,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_tiny_model(directory: Path, tokenizer, seed: int = 0) -> Path:
+    """``tiny_llama`` saved with the tokenizer as a local model directory `--model` accepts."""
+    tiny_llama(seed).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def text_file(path: Path, words: int = 200, seed: int = 9) -> Path:
+    """A plain text of random WORDS, for perplexity on a local file."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(WORDS), (words,), generator=gen).tolist()
+    path.write_text(" ".join(WORDS[i] for i in picks) + "\n")
+    return path

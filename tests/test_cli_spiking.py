@@ -8,22 +8,11 @@ import json
 
 import pytest
 import torch
-from helpers import WORDS, write_calibration
-from transformers import AutoModelForCausalLM, LlamaConfig
+from helpers import WORDS, save_tiny_model, write_calibration
 from transformers.utils import logging as hf_logging
 
 from phasecode.artifacts import save_artifact
 from phasecode.cli import main
-
-SIZES = dict(
-    vocab_size=258,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,9 +33,7 @@ def _run(*argv: str) -> tuple[int, str, str]:
 def files(tmp_path_factory, tiny_tokenizer):
     """A converted tiny LLaMA (T=4) and a text file to run it on."""
     root = tmp_path_factory.mktemp("cli_spiking")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(**SIZES)).save_pretrained(root / "model")
-    tiny_tokenizer.save_pretrained(root / "model")
+    save_tiny_model(root / "model", tiny_tokenizer)
     calibration = write_calibration(root / "calib.jsonl")
     (root / "text.txt").write_text(" ".join(WORDS * 20) + "\n")
     code, _, err = _run(

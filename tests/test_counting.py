@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from phasecode.coding.baselines import las
-from phasecode.coding.neuron import decode, fast_site_value, mask_spikes, spikes
+from phasecode.coding.neuron import (
+    decode,
+    fast_site_value,
+    mask_spikes,
+    spikes,
+)
 from phasecode.errors import PhasecodeError
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.simulation.counting import ELEMENTWISE_MACS, NEURON_OPS, Counter, OpCount

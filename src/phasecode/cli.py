@@ -8,15 +8,20 @@ import os
 import sys
 from pathlib import Path
 
+from phasecode.comparison.options import add_arguments as add_compare_arguments
 from phasecode.errors import PhasecodeError
 from phasecode.fitting import METHODS, FitSettings, SamplingSettings
 from phasecode.models.loading import DEFAULT_MODEL
-from phasecode.training.alternating import TrainConfig
+from phasecode.models.quantize import WEIGHT_BITS
+from phasecode.spiking_cli import SPIKING_COMMANDS, add_spiking_commands
+from phasecode.training.alternating import MODES, TrainConfig
 
 
 def _add_neuron_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local path or smollm2-135m")
-    parser.add_argument("--timesteps", "-T", type=int, default=8, help="timesteps T (1..32)")
+    parser.add_argument(
+        "--timesteps", "-T", type=int, default=8, help="timesteps T (1..32; ttfs: 1..128)"
+    )
     parser.add_argument("--grains", type=int, default=2, help="number of bases (grains)")
     parser.add_argument(
         "--lr-threshold",
@@ -26,6 +31,20 @@ def _add_neuron_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=TrainConfig.rounds, help="N of Alg. 1")
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
+    parser.add_argument(
+        "--mode",
+        default=TrainConfig.mode,
+        choices=MODES,
+        metavar="|".join(MODES),
+        help="mgpc training: Alg. 1, all parameters at once (Table 6) or h = θ (Table 7)",
+    )
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=WEIGHT_BITS,
+        metavar="|".join(map(str, WEIGHT_BITS)),
+        help="fake-quantize the decoder linears per output channel first (Table 8)",
+    )
     parser.add_argument("--samples", type=int, default=10_000, help="training samples per site")
     parser.add_argument("--calibration", type=Path, help="calibration text (.jsonl or .txt)")
     parser.add_argument("--sequences", type=int, default=16, help="calibration sequences")
@@ -64,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="artifact directory")
 
     evaluate = sub.add_parser(
-        "eval", parents=[common], help="perplexity of the ANN and the spiking model"
+        "eval",
+        parents=[common],
+        help="perplexity and zero-shot accuracy of the ANN and the spiking model",
     )
     evaluate.add_argument("artifact", type=Path)
     _add_eval_options(evaluate)
@@ -75,22 +96,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("out/smollm2-135m-T8"))
     run.add_argument("--limit", type=int, default=8, help="WikiText-2 windows to evaluate")
     run.add_argument("--json", type=Path, help="write the evaluation as JSON")
+
+    compare = sub.add_parser(
+        "compare", parents=[common], help="convert with every method / T / setting and tabulate"
+    )
+    add_compare_arguments(compare)
+    add_spiking_commands(sub, common)
     return parser
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ppl", default="wikitext2", help="comma list: wikitext2,c4")
+    parser.add_argument("--ppl", default="wikitext2", help='comma list: wikitext2,c4 ("" for none)')
     parser.add_argument("--text", type=Path, action="append", default=[], help="a text file")
+    parser.add_argument(
+        "--tasks",
+        default="",
+        help="zero-shot accuracy: comma list of arc_easy,arc_challenge,piqa,winogrande",
+    )
     parser.add_argument("--seq-len", type=int, default=512, help="evaluation window length")
-    parser.add_argument("--limit", type=int, help="evaluate the first N windows only")
+    parser.add_argument(
+        "--limit", type=int, help="the first N perplexity windows and N examples per task only"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--task-batch-size", type=int, default=16, help="task requests per forward pass"
+    )
     parser.add_argument("--json", type=Path, help="write the evaluation as JSON")
 
 
 def _fit_settings(args: argparse.Namespace) -> FitSettings:
     if args.lr_threshold <= 0 or args.rounds < 1:
         raise PhasecodeError("--lr-threshold must be > 0 and --rounds >= 1")
-    train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds)
+    train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds, mode=args.mode)
     return FitSettings(args.method, args.timesteps, args.grains, train)
 
 
@@ -114,7 +151,12 @@ def run_neurons(args: argparse.Namespace) -> int:
 
     settings = _fit_settings(args)
     report = neurons_job(
-        args.model, settings, _sampling(args), out=args.out, progress=not args.quiet
+        args.model,
+        settings,
+        _sampling(args),
+        out=args.out,
+        progress=not args.quiet,
+        weight_bits=args.weight_bits,
     )
     if args.json:
         _write_json(args.json, report)
@@ -135,6 +177,7 @@ def run_convert(args: argparse.Namespace) -> int:
         lm_head=not args.no_lm_head,
         progress=not args.quiet,
         balance=args.balance,
+        weight_bits=args.weight_bits,
     )
     return 0
 
@@ -143,6 +186,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from phasecode.jobs.evaluate import evaluate_job
 
     corpora = [c for c in args.ppl.split(",") if c]
+    if args.batch_size < 1 or args.task_batch_size < 1:
+        raise PhasecodeError("--batch-size and --task-batch-size must be >= 1")
     report = evaluate_job(
         args.artifact,
         corpora,
@@ -151,6 +196,8 @@ def run_eval(args: argparse.Namespace) -> int:
         args.limit,
         progress=not args.quiet,
         batch_size=args.batch_size,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        task_batch_size=args.task_batch_size,
     )
     if args.json:
         _write_json(args.json, report)
@@ -169,6 +216,20 @@ def run_main_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """The grid of conversions; exit 1 if any cell failed (the others are still written)."""
+    from phasecode.comparison.options import settings_from_args
+    from phasecode.jobs.compare import compare_job
+
+    summary = compare_job(settings_from_args(args), args.out, progress=not args.quiet)
+    if summary["failed"]:
+        first = next(iter(summary["failed"].values()))
+        count = f"{len(summary['failed'])} of {summary['cells']}"
+        print(f"phasecode: {count} cells failed (first: {first})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON atomically so an interrupted run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +238,14 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS = {"neurons": run_neurons, "convert": run_convert, "eval": run_eval, "run": run_main_job}
+COMMANDS = {
+    "neurons": run_neurons,
+    "convert": run_convert,
+    "eval": run_eval,
+    "run": run_main_job,
+    "compare": run_compare,
+    **SPIKING_COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

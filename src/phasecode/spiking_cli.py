@@ -33,7 +33,7 @@ def add_spiking_commands(sub, common: argparse.ArgumentParser) -> None:
     energy.add_argument("artifact", type=Path)
     energy.add_argument("--tokens", type=int, default=512, help="WikiText-2 test tokens")
     energy.add_argument(
-        "--mask", type=int, default=2, help="masking strength: drop spikes more than T-1-S "
+        "--mask", type=int, default=3, help="masking strength: drop spikes more than T-1-S "
         "steps after a neuron's first (0 = none)"
     )
     energy.add_argument(

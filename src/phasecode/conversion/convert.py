@@ -1,7 +1,8 @@
 """The conversion lifecycle: prepare outliers → calibrate every site → train → spiking model.
 
 1. Hadamard rotation (fold norms, rotate the residual stream, online rotation before
-   ``down_proj``) and the prefix of outlier tokens, computed once by the ANN;
+   ``down_proj``), optionally weight quantization of the rotated decoder linears
+   (``models/quantize.py``), and the prefix of outlier tokens, computed once by that ANN;
 2. optionally the SiLU·up operands balanced per channel (``balance.py``); calibration windows run
    through the model with an ``Observer`` on every site (after the prefix, so no site sees
    the prefix tokens' massive activations; their cached K/V pass the k/v neurons on use);
@@ -39,6 +40,7 @@ from phasecode.fitting import (
     split_samples,
 )
 from phasecode.models.hadamard import OnlineRotation
+from phasecode.models.quantize import check_weight_bits, quantize_model
 from phasecode.models.rotation import rotate_model
 from phasecode.models.sites import spiking_sites
 
@@ -57,6 +59,10 @@ class ConversionSpec:
     prefix_tokens: tuple[int, ...] = ()  # empty: no prefix
     lm_head: bool = True
     balance: bool = False  # SiLU·up operand balancing (conversion/balance.py), opt-in
+    weight_bits: int | None = None  # decoder linears fake-quantized to 8 or 4 bits; None: full
+
+    def __post_init__(self) -> None:
+        check_weight_bits(self.weight_bits)
 
 
 @dataclass
@@ -75,9 +81,10 @@ class SpikingModel:
     loss_curve: Tensor | None = None  # [S, steps] of training (Figure 4); None once reloaded
     loss_phases: list[str] = field(default_factory=list)
 
-    def coded(self) -> SpikingSurgery:
-        """The fast equivalent path: every site replaced by its neuron's value."""
-        return self.surgery(Coder(self.table, self.sites))
+    def coded(self, mask_strength: int = 0) -> SpikingSurgery:
+        """The fast equivalent path: every site replaced by its neuron's value (with spike
+        masking of ``mask_strength``, see ``coding.neuron.mask_window``)."""
+        return self.surgery(Coder(self.table, self.sites, mask_strength=mask_strength))
 
     def analog(self) -> SpikingSurgery:
         """The prepared ANN (rotations applied, no neurons), for sanity checks."""
@@ -93,11 +100,14 @@ class SpikingModel:
 def prepare(
     model, spec: ConversionSpec, silu_scales: Tensor | None = None
 ) -> tuple[OnlineRotation | None, Prefix | None]:
-    """Apply the spec's rotation (and given balancing) in place; build the prefix cache."""
+    """Apply the spec's rotation, weight quantization (of the rotated weights) and the given
+    balancing in place, in that order on conversion and on load; build the prefix cache."""
     down = None
     if spec.rotate:
         rotate_model(model, spec.rotation_seed, online_down=True)
         down = OnlineRotation(model.config.intermediate_size, spec.rotation_seed)
+    if spec.weight_bits is not None:
+        quantize_model(model, spec.weight_bits)
     if silu_scales is not None:
         fold_up_scales(model, silu_scales)
     return down, prepare_prefix(model, spec, down, silu_scales)
@@ -137,8 +147,11 @@ def calibrate(
     lm_head: bool = True,
     progress: bool = True,
     balance: bool = False,
+    weight_bits: int | None = None,
 ) -> Calibrated:
-    """Steps 1-2: rotation and prefix (``model`` is modified in place), then site samples."""
+    """Steps 1-2: rotation, weight quantization and prefix (``model`` is modified in place),
+    then site samples of the model as prepared (so quantized weights shape the samples)."""
+    check_weight_bits(weight_bits)
     start = time.perf_counter()
     texts = read_texts(sampling.calibration)
     windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
@@ -154,6 +167,7 @@ def calibrate(
         prefix_tokens=prefix_tokens,
         lm_head=lm_head,
         balance=balance,
+        weight_bits=weight_bits,
     )
     down, prefix = prepare(model, spec)
     scales = None
@@ -217,9 +231,10 @@ def convert(
     lm_head: bool = True,
     progress: bool = True,
     balance: bool = False,
+    weight_bits: int | None = None,
 ) -> SpikingModel:
     """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
     calibrated = calibrate(
-        model, tokenizer, sampling, rotate, prefix_top, lm_head, progress, balance
+        model, tokenizer, sampling, rotate, prefix_top, lm_head, progress, balance, weight_bits
     )
     return fit_spiking(calibrated, fit, progress)

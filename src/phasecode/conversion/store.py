@@ -17,6 +17,7 @@ from phasecode.coding.table import CodeTable
 from phasecode.conversion.convert import ConversionSpec, SpikingModel, prepare
 from phasecode.errors import PhasecodeError
 from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.models.precision import to_float64
 
 KIND = "spiking-model"
 
@@ -51,12 +52,17 @@ def read_spiking_metadata(directory: str | Path) -> dict:
     return metadata
 
 
-def load_spiking(directory: str | Path, model=None, tokenizer=None) -> SpikingModel:
-    """Rebuild a spiking model from an artifact and its base model (loaded unless given)."""
+def load_spiking(
+    directory: str | Path, model=None, tokenizer=None, float64: bool = False
+) -> SpikingModel:
+    """Rebuild a spiking model from an artifact and its base model (loaded unless given);
+    ``float64`` casts the checked base model to float64 end to end (``models.precision``)."""
     metadata = read_spiking_metadata(directory)
     if model is None:
         model, tokenizer = load_model(metadata["base_model"]["name"])
     tensors, metadata = load_artifact(directory, expected_fingerprint=model_fingerprint(model))
+    if float64:
+        to_float64(model)
     spec_fields = dict(metadata["spec"])
     spec_fields["prefix_tokens"] = tuple(spec_fields["prefix_tokens"])
     spec = ConversionSpec(**spec_fields)

@@ -51,8 +51,7 @@ def spiking_attention(
     scores = query @ key.transpose(2, 3) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    softmax_dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
-    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = handler(prefix + "probs", probs)
     out = (probs @ value).transpose(1, 2).contiguous()
     return out, probs

@@ -21,12 +21,22 @@ def convert_job(
     lm_head: bool = True,
     progress: bool = True,
     balance: bool = False,
+    weight_bits: int | None = None,
 ) -> SpikingModel:
     """Load, convert, save; prints the per-site-type summary."""
     model, tokenizer = load_model(model_name)
     base = {"name": model_name, "fingerprint": model_fingerprint(model)}
     spiking = convert(
-        model, tokenizer, fit, sampling, rotate, 3 if prefix else None, lm_head, progress, balance
+        model,
+        tokenizer,
+        fit,
+        sampling,
+        rotate,
+        3 if prefix else None,
+        lm_head,
+        progress,
+        balance,
+        weight_bits,
     )
     save_spiking(out, spiking, base)
     print(format_conversion(spiking.report))
@@ -43,7 +53,8 @@ def format_conversion(report: dict) -> str:
     lines = [
         f"{spec['method']}  T={spec['timesteps']}  grains={spec['grains']}  "
         f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}  "
-        f"balance={spec.get('balance', False)}",
+        f"balance={spec.get('balance', False)}  "
+        f"weight_bits={spec.get('weight_bits') or 'full'}",
         f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}",
     ]
     for kind, rows in groups.items():

@@ -23,7 +23,7 @@ from phasecode.simulation.energy import costs_dict, load_costs, summary
 def energy_job(
     artifact: Path,
     tokens: int = 512,
-    mask_strength: int = 2,
+    mask_strength: int = 3,
     costs: str = "45nm-fp32",
     windows: int = 8,
     seq_len: int = 512,
@@ -68,6 +68,7 @@ def energy_job(
         "ppl": {"ann": ann_ppl, **ppl, "windows": len(ppl_windows), "seq_len": seq_len},
         "layers": _layers(measured[0][2], cost_table),
         "site_firing_rates": _site_rates(measured[0][2]),
+        "operations": _operations(measured[0][2]),
         "seconds": {"snn": snn["seconds"], "snn_masked": masked["seconds"]},
     }
     print(format_energy(report))
@@ -103,6 +104,19 @@ def _layers(counter: Counter, costs) -> list[dict]:
     for layer in snn:
         s, a = summary(snn[layer], costs), summary(ann[layer], costs)
         rows.append({"layer": layer, "snn": s, "ann": a})
+    return rows
+
+
+def _operations(counter: Counter) -> list[dict]:
+    """Every (layer, operation or site) with its SNN and ANN counts: the per-site detail."""
+    rows = []
+    for key, snn in counter.snn.items():
+        row = {"layer": key[0], "op": key[1], "snn": snn.as_dict()}
+        if snn.neuron_steps:
+            row["firing_rate"] = snn.spikes / snn.neuron_steps
+        if key in counter.ann:
+            row["ann"] = counter.ann[key].as_dict()
+        rows.append(row)
     return rows
 
 

@@ -1,7 +1,9 @@
-"""`phasecode eval`: perplexity of the ANN and of the spiking model on the same windows."""
+"""`phasecode eval`: perplexity of the ANN and of the spiking model on the same windows, and
+zero-shot accuracy of the prepared ANN and the spiking model on the same task examples."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
@@ -12,6 +14,7 @@ from phasecode.evaluation.perplexity import (
     perplexity,
     token_windows,
 )
+from phasecode.evaluation.tasks import check_tasks, score_tasks
 from phasecode.models.loading import load_model
 
 CORPORA = ("wikitext2", "c4")
@@ -25,19 +28,25 @@ def evaluate_job(
     limit: int | None = None,
     progress: bool = True,
     batch_size: int = 4,
+    tasks: list[str] | None = None,
+    task_batch_size: int = 16,
 ) -> dict:
     """ANN on its own windows (the standard protocol), then the spiking model on the same
     windows after its prefix; also the prepared ANN with that prefix, so the prefix's own
-    effect is visible next to the conversion's."""
+    effect is visible next to the conversion's. `tasks` adds zero-shot accuracy of the
+    prepared ANN and the SNN (both after the prefix) on the first `limit` examples of each."""
     for name in corpora:
         if name not in CORPORA:
             raise PhasecodeError(f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}")
+    tasks = check_tasks(tasks, limit) if tasks else []
+    if not corpora and not texts and not tasks:
+        raise PhasecodeError("nothing to evaluate: give --ppl corpora, --text files or --tasks")
     metadata = read_spiking_metadata(artifact)
     model, tokenizer = load_model(metadata["base_model"]["name"])
     sources = {name: load_corpus(name) for name in corpora}
     sources.update({str(path): load_corpus(str(path)) for path in texts})
-    prefix_len = len(metadata["spec"]["prefix_tokens"])
-    check_seq_len(model, seq_len, prefix_len)
+    if sources:
+        check_seq_len(model, seq_len, len(metadata["spec"]["prefix_tokens"]))
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
 
     def score(prefix=None) -> dict:
@@ -61,6 +70,14 @@ def evaluate_job(
         }
         report["seconds"]["ann"] += ann[k].seconds
         report["seconds"]["snn"] += snn[k].seconds
+    if tasks:
+        start = time.perf_counter()
+        report["tasks"] = score_tasks(spiking, tasks, limit, task_batch_size, progress)
+        report["tasks_average"] = {
+            mode: sum(row[mode] for row in report["tasks"].values()) / len(tasks)
+            for mode in ("ann", "snn")
+        }
+        report["seconds"]["tasks"] = time.perf_counter() - start
     report["artifact"] = str(artifact)
     report["spec"] = metadata["spec"]
     print(format_evaluation(report))
@@ -72,13 +89,34 @@ def format_evaluation(report: dict) -> str:
     lines = [
         f"{spec['method']}  T={spec['timesteps']}  grains={spec['grains']}  "
         f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}",
-        f"{'corpus':<12}{'windows':>8}{'ANN':>10}{'ANN+prefix':>12}{'SNN':>10}{'SNN/ANN':>9}",
     ]
-    for name, row in report["ppl"].items():
-        lines.append(
-            f"{name:<12}{row['windows']:>8}{row['ann']:>10.3f}{row['ann_prefixed']:>12.3f}"
-            f"{row['snn']:>10.3f}{row['ratio']:>9.4f}"
-        )
     s = report["seconds"]
-    lines.append(f"time: ANN {s['ann']:.1f} s, SNN (fast path) {s['snn']:.1f} s")
+    if report["ppl"]:
+        lines.append(
+            f"{'corpus':<12}{'windows':>8}{'ANN':>10}{'ANN+prefix':>12}{'SNN':>10}{'SNN/ANN':>9}"
+        )
+        for name, row in report["ppl"].items():
+            lines.append(
+                f"{name:<12}{row['windows']:>8}{row['ann']:>10.3f}{row['ann_prefixed']:>12.3f}"
+                f"{row['snn']:>10.3f}{row['ratio']:>9.4f}"
+            )
+        lines.append(f"time: ANN {s['ann']:.1f} s, SNN (fast path) {s['snn']:.1f} s")
+    if "tasks" in report:
+        lines += format_tasks(report["tasks"], report["tasks_average"])
+        lines.append(f"time: tasks (ANN+prefix and SNN) {s['tasks']:.1f} s")
     return "\n".join(lines)
+
+
+def format_tasks(tasks: dict[str, dict], average: dict[str, float]) -> list[str]:
+    """Accuracy table in percent; ANN is the prepared ANN after the prefix, like the SNN."""
+    lines = [f"{'task':<14}{'n':>6}  {'metric':<9}{'ANN+prefix':>11}{'SNN':>8}{'SNN-ANN':>9}"]
+    for name, row in tasks.items():
+        lines.append(
+            f"{name:<14}{row['n']:>6}  {row['metric']:<9}{row['ann']:>11.2f}{row['snn']:>8.2f}"
+            f"{row['snn'] - row['ann']:>+9.2f}"
+        )
+    lines.append(
+        f"{'average':<14}{'':>6}  {'':<9}{average['ann']:>11.2f}{average['snn']:>8.2f}"
+        f"{average['snn'] - average['ann']:>+9.2f}"
+    )
+    return lines

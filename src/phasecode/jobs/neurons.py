@@ -10,6 +10,7 @@ import torch
 from phasecode.artifacts import save_artifact
 from phasecode.fitting import FitSettings, SamplingSettings, fit_codes, sample_sites, score_sites
 from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.models.quantize import check_weight_bits, quantize_model
 
 
 def neurons_job(
@@ -18,9 +19,16 @@ def neurons_job(
     sampling: SamplingSettings,
     out: Path | None = None,
     progress: bool = True,
+    weight_bits: int | None = None,
 ) -> dict:
-    """Run the whole job and return the JSON report (also printed as a table)."""
+    """Run the whole job and return the JSON report (also printed as a table). With
+    ``weight_bits`` the decoder linears are fake-quantized before sampling (Fig. 5: the
+    activation distributions of a weight-quantized model)."""
+    check_weight_bits(weight_bits)
     model, tokenizer = load_model(model_name)
+    fingerprint = model_fingerprint(model)  # of the base model, before quantization
+    if weight_bits is not None:
+        quantize_model(model, weight_bits)
     samples = sample_sites(model, tokenizer, sampling, progress)
     fit = fit_codes(samples.train, settings, progress)
     scores = score_sites(fit.table, samples.train, samples.heldout)
@@ -39,6 +47,7 @@ def neurons_job(
         "timesteps": settings.timesteps,
         "grains": settings.grains,
         "samples": sampling.samples,
+        "weight_bits": weight_bits,
         "sites": rows,
         "mean_ratio": float(scores["ratio"].mean()),
         "mean_uniform_ratio": float(scores["uniform_ratio"].mean()),
@@ -47,7 +56,8 @@ def neurons_job(
     }
     print(format_table(report))
     if out is not None:
-        save_neurons(out, fit, samples.sites, model, model_name, settings, sampling, report)
+        base = {"name": model_name, "fingerprint": fingerprint}
+        save_neurons(out, fit, samples.sites, base, settings, sampling, report)
         print(f"saved neurons to {out}")
     return report
 
@@ -59,7 +69,7 @@ def format_table(report: dict) -> str:
         groups[row["kind"]].append(row)
     head = (
         f"{report['method']}  T={report['timesteps']}  grains={report['grains']}  "
-        f"samples/site={report['samples']}"
+        f"samples/site={report['samples']}  weight_bits={report['weight_bits'] or 'full'}"
     )
     columns = f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}{'uniform ÷ LM':>14}"
     lines = [head, columns]
@@ -75,7 +85,7 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def save_neurons(out, fit, sites, model, model_name, settings, sampling, report) -> None:
+def save_neurons(out, fit, sites, base, settings, sampling, report) -> None:
     """Neurons + loss curves as an artifact, with everything needed to reproduce them."""
     tensors = fit.table.to_tensors()
     if fit.loss_curve is not None:
@@ -88,7 +98,8 @@ def save_neurons(out, fit, sites, model, model_name, settings, sampling, report)
         "grains": settings.grains,
         "allocation": fit.table.allocations,
         "sites": [s.name for s in sites],
-        "base_model": {"name": model_name, "fingerprint": model_fingerprint(model)},
+        "base_model": base,
+        "weight_bits": report["weight_bits"],
         "sampling": {
             "samples": sampling.samples,
             "calibration": str(sampling.calibration),

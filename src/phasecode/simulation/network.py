@@ -26,7 +26,7 @@ from phasecode.conversion.convert import SpikingModel
 from phasecode.models.adapters import adapter_for, submodule
 from phasecode.models.sites import LM_HEAD
 from phasecode.simulation.cache import SpikeCache
-from phasecode.simulation.counting import Counter
+from phasecode.simulation.counting import ELEMENTWISE_MACS, Counter
 from phasecode.simulation.ops import (
     accumulate_difference,
     linear_steps,
@@ -78,7 +78,7 @@ class SpikingSimulator:
         embeddings = submodule(self.model, self.adapter.embed)(input_ids)
         positions = torch.arange(cache.length, cache.length + length, device=input_ids.device)
         cos_sin = self.model.model.rotary_emb(embeddings, positions[None])
-        residual = torch.zeros((self.timesteps,) + embeddings.shape, dtype=embeddings.dtype)
+        residual = embeddings.new_zeros((self.timesteps,) + embeddings.shape)
         residual[0] = embeddings  # the embedding arrives at once: a one-step increment
         for i, layer in enumerate(self.layers):
             residual = residual + self._attention(i, layer, residual, cos_sin, positions, cache)
@@ -121,9 +121,8 @@ class SpikingSimulator:
             heads.append(out.view(batch, length, -1, attention.head_dim).transpose(1, 2))
         q, k = self.rope(heads[0], heads[1], *cos_sin)
         if self.counter is not None:
-            self.counter.both_mac(
-                _key(i, "rope"), 2 * (q.numel() + k.numel()), q.numel() + k.numel()
-            )
+            elements = q.numel() + k.numel()
+            self.counter.both_mac(_key(i, "rope"), ELEMENTWISE_MACS["rope"] * elements, elements)
         keys, values = cache.append(i, self._fire(i, "k", k), self._fire(i, "v", heads[2]))
         queries = self._fire(i, "q", q)
         visible = self._visible(i, positions, keys.spikes.shape[-2])
@@ -158,17 +157,16 @@ class SpikingSimulator:
         groups = attention.num_key_value_groups
         per_head = t * batch * length * visible.shape[1]
         chunk = max(1, min(heads, self.attention_elements // max(per_head, 1)))
-        additive = torch.zeros(visible.shape, dtype=q.weight.dtype)
+        additive = torch.zeros(visible.shape, dtype=q.weight.dtype, device=visible.device)
         additive.masked_fill_(~visible, torch.finfo(q.weight.dtype).min)
 
-        def softmax(scores: Tensor) -> Tensor:
-            dtype = torch.promote_types(scores.dtype, torch.float32)
-            return torch.softmax(scores + additive, dim=-1, dtype=dtype).to(scores.dtype)
+        def softmax(scores: Tensor) -> Tensor:  # as the fast path (and transformers): float32
+            return torch.softmax(scores + additive, dim=-1, dtype=torch.float32).to(scores.dtype)
 
         outputs = []
         for start in range(0, heads, chunk):
             size = min(chunk, heads - start)
-            kv_index = torch.arange(start, start + size) // groups
+            kv_index = torch.arange(start, start + size, device=visible.device) // groups
             q_c = q.narrow(1, start, size)
             k_c = SpikeTrain(k.spikes.index_select(2, kv_index), k.weight)
             v_c = SpikeTrain(v.spikes.index_select(2, kv_index), v.weight)

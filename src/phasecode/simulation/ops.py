@@ -32,8 +32,13 @@ def accumulate_difference(increments: Tensor, fn: Callable[[Tensor], Tensor]) ->
     softmax, RMSNorm and SiLU become exact over T steps without being linear.
     """
     accumulated = increments.cumsum(0)
-    outputs = torch.stack([fn(accumulated[t]) for t in range(increments.shape[0])])
-    return torch.cat([outputs[:1], outputs[1:] - outputs[:-1]])
+    out = torch.empty_like(increments)
+    previous = None
+    for t in range(increments.shape[0]):
+        current = fn(accumulated[t])
+        out[t] = current if previous is None else current - previous
+        previous = current
+    return out
 
 
 def spike_matmul(a: SpikeTrain, b: SpikeTrain) -> Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from phasecode.coding.neuron import mask_spikes, spikes
+from phasecode.coding.neuron import fire_steps, mask_spikes
 from phasecode.coding.table import CodeTable
 
 
@@ -51,9 +51,15 @@ class SpikeTrain:
 
 
 def encode(x: Tensor, row: CodeTable, mask_strength: int = 0) -> SpikeTrain:
-    """The spikes a site's neurons fire for integrated input ``x`` (any shape)."""
+    """The spikes a site's neurons fire for integrated input ``x`` (any shape).
+
+    The dynamics are ``coding.neuron.fire_steps`` on |x| with the sign rule of
+    ``coding.neuron.spikes``, written straight into an int8 train."""
     table = row.to(x.dtype, x.device)
-    train = spikes(x.unsqueeze(0), table)[:, 0].to(torch.int8)
+    train = torch.empty((table.timesteps,) + x.shape, dtype=torch.int8, device=x.device)
+    for t, fired in enumerate(fire_steps(x.abs().unsqueeze(0), table)):
+        train[t] = fired[0]
+    train *= torch.sign(x).to(torch.int8)
     return SpikeTrain(mask_spikes(train, mask_strength), table.weight[0])
 
 

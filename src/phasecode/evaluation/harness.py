@@ -1,0 +1,336 @@
+"""phasecode as an lm-evaluation-harness model: ``--model phasecode --model_args artifact=DIR``.
+
+Every request runs after the artifact's prefix (its KV cache, computed once by the prepared
+ANN, exactly as ``evaluation/perplexity.py`` does), with the spiking surgery installed
+(``analog=false``, the default) or the prepared ANN without neurons (``analog=true``).
+Texts are tokenized without special tokens: the prefix starts with BOS, so a request never
+carries a second one. Requests are scored a batch at a time, longest first, right-padded:
+with causal attention a row's real tokens never see the padding after them.
+
+lm-eval 0.4.13 finds models only in its own registry, so importing this module registers
+``phasecode`` there; the ``phasecode-lm-eval`` console script (``main``) does that and then
+runs lm-eval's own CLI. The ``lm_eval.models`` entry point in pyproject.toml lets lm-eval
+releases that discover plugins find it without the wrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import model_registry
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from phasecode.conversion.convert import SpikingModel
+from phasecode.errors import PhasecodeError
+
+MODEL_NAME = "phasecode"
+DEFAULT_BATCH_SIZE = 16
+TASK_CONFIGS = Path(__file__).parent / "tasks" / "configs"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+# (context, continuation) strings, context tokens, continuation tokens: TemplateLM's request
+TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+class PhasecodeLM(TemplateLM):
+    """A converted model (spiking, or its prepared ANN) answering lm-eval's requests."""
+
+    def __init__(
+        self,
+        artifact: str | Path | None = None,
+        analog: bool | str = False,
+        batch_size: int | str = DEFAULT_BATCH_SIZE,
+        spiking: SpikingModel | None = None,
+        progress: bool = True,
+        max_batch_size: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Load the artifact (with its base model) unless a SpikingModel is given.
+
+        ``max_batch_size`` and ``device`` come from lm-eval's CLI (which passes a default
+        device of its own) and are ignored: the model stays where ``load_model`` put it.
+        """
+        super().__init__()
+        if spiking is None:
+            if artifact is None:
+                raise PhasecodeError("the phasecode model needs model_args artifact=DIR")
+            from phasecode.conversion.store import load_spiking
+
+            spiking = load_spiking(Path(artifact).expanduser())
+        self.spiking = spiking
+        self.analog = _flag("analog", analog)
+        self.batch_size = _batch_size(batch_size)
+        self.progress = progress
+        self.tokenizer = spiking.tokenizer
+        self._device = next(spiking.model.parameters()).device
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
+    ) -> PhasecodeLM:
+        """Like LM's, but a batch_size in model_args wins over the CLI's default --batch_size."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**(extra | dict(arg_dict)))
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict[str, Any] | None = None
+    ) -> PhasecodeLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    # -- what TemplateLM needs -------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Context of an empty-context request (as HF models in lm-eval): BOS, else EOS."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot_token_id
+
+    @property
+    def max_length(self) -> int:
+        """Positions left after the prefix."""
+        positions = getattr(self.spiking.model.config, "max_position_embeddings", 2048)
+        return positions - self._prefix_len
+
+    @property
+    def _prefix_len(self) -> int:
+        return len(self.spiking.prefix) if self.spiking.prefix is not None else 0
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
+    ) -> list[int]:
+        """Token ids without special tokens: the prefix supplies BOS."""
+        return self.tokenizer(string, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def tok_decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
+    def _loglikelihood_tokens(
+        self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
+        """Summed log-probability of each continuation, and whether greedy decoding gives it."""
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bar = tqdm(
+            total=len(requests),
+            desc="snn loglikelihood" if not self.analog else "ann loglikelihood",
+            disable=disable_tqdm or not self.progress,
+        )
+        with self._installed(), torch.no_grad(), bar:
+            for batch in batches:
+                rows = [self._window(requests[i][1], requests[i][2]) for i in batch]
+                for i, answer in zip(batch, self._score_rows(rows), strict=True):
+                    results[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                bar.update(len(batch))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihood in disjoint windows of max_length, as lm-eval's HF model."""
+        scores = []
+        for (text,) in tqdm(
+            [req.args for req in requests],
+            desc="rolling loglikelihood",
+            disable=disable_tqdm or not self.progress,
+        ):
+            windows = get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
+            pieces = [(None, *make_disjoint_window(w)) for w in windows]
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(pieces, disable_tqdm=True))
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+            scores.append(total)
+        return scores
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy decoding, one request at a time, until a stop string or max_gen_toks."""
+        outputs = []
+        with self._installed(), torch.no_grad():
+            for context, gen_kwargs in tqdm(
+                [req.args for req in requests],
+                desc="generate",
+                disable=disable_tqdm or not self.progress,
+            ):
+                text = self._greedy(context, dict(gen_kwargs))
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                outputs.append(text)
+        return outputs
+
+    def get_model_info(self) -> dict[str, Any]:
+        spec = self.spiking.spec
+        return {
+            "phasecode_mode": "ann" if self.analog else "snn",
+            "phasecode_method": spec.method,
+            "phasecode_timesteps": spec.timesteps,
+            "phasecode_grains": spec.grains,
+        }
+
+    # -- the forward passes ----------------------------------------------------------------
+
+    def _installed(self) -> contextlib.AbstractContextManager:
+        """The surgery this model answers with: neurons (SNN) or the prepared ANN."""
+        return self.spiking.analog() if self.analog else self.spiking.coded()
+
+    def _window(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        """Input tokens (the last max_length + 1 of context + continuation, less the final one)
+        and the continuation tokens the last logits are scored on."""
+        if not continuation:
+            raise PhasecodeError("lm-eval sent a request with an empty continuation")
+        tokens = (context + continuation)[-(self.max_length + 1) :]
+        return tokens[:-1], tokens[-min(len(continuation), len(tokens) - 1) :]
+
+    def _score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """One forward pass after the prefix for right-padded rows; the vocabulary projection
+        runs only at the positions that score a continuation token."""
+        length = max(len(inputs) for inputs, _ in rows)
+        ids = torch.full((len(rows), length), self.eot_token_id or 0, dtype=torch.long)
+        keep = torch.zeros((len(rows), length), dtype=torch.bool)
+        for r, (inputs, targets) in enumerate(rows):
+            ids[r, : len(inputs)] = torch.tensor(inputs)
+            keep[r, len(inputs) - len(targets) : len(inputs)] = True
+        logits = self._forward(ids.to(self._device), self._cache(len(rows)), keep.to(self._device))
+        per_row = logits.split([len(targets) for _, targets in rows])
+        answers = []
+        for row_logits, (_, targets) in zip(per_row, rows, strict=True):
+            target = torch.tensor(targets, device=row_logits.device)
+            logprobs = torch.log_softmax(row_logits.float(), dim=-1)
+            picked = logprobs.gather(1, target[:, None]).squeeze(1)
+            greedy = bool((logprobs.argmax(dim=-1) == target).all())
+            answers.append((float(picked.double().sum()), greedy))
+        return answers
+
+    def _forward(
+        self, ids: torch.Tensor, cache: DynamicCache | None, keep: torch.Tensor | int = 0
+    ) -> torch.Tensor:
+        """Logits at the `keep` positions (transformers' logits_to_keep: 0 = all; a boolean
+        [batch, length] mask gives them flattened, row after row)."""
+        return self.spiking.model(
+            input_ids=ids, cache=cache, use_cache=cache is not None, logits_to_keep=keep
+        ).logits
+
+    def _cache(self, batch: int) -> DynamicCache | None:
+        prefix = self.spiking.prefix
+        return prefix.cache_for(batch) if prefix is not None else None
+
+    def _greedy(self, context: str, gen_kwargs: dict[str, Any]) -> str:
+        """Greedy continuation of `context`, cut at the first stop string."""
+        if gen_kwargs.pop("do_sample", False):
+            raise NotImplementedError("the phasecode model decodes greedily only")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = int(gen_kwargs.get("max_gen_toks", 256))
+        tokens = self.tok_encode(context)[-max(1, self.max_length - max_new) :]
+        cache = self._cache(1) or DynamicCache(config=self.spiking.model.config)
+        ids = torch.tensor([tokens], device=self._device)
+        generated: list[int] = []
+        for _ in range(max_new):
+            next_id = int(self._forward(ids, cache, 1)[0, -1].argmax())
+            if next_id == self.eot_token_id:
+                break
+            generated.append(next_id)
+            text = self.tok_decode(generated)
+            if any(stop in text for stop in until):
+                return _cut(text, until)
+            ids = torch.tensor([[next_id]], device=self._device)
+        return self.tok_decode(generated)
+
+
+def _cut(text: str, until: list[str]) -> str:
+    """Text up to the earliest stop string."""
+    return text[: min(text.index(s) for s in until if s in text)]
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in _TRUE | _FALSE:
+        return str(value).lower() in _TRUE
+    raise PhasecodeError(f"model arg {name} must be true or false, got {value!r}")
+
+
+def _batch_size(value: int | str) -> int:
+    """An integer >= 1; lm-eval's "auto" gets the default (no memory probing on CPU)."""
+    if isinstance(value, str) and value.startswith("auto"):
+        return DEFAULT_BATCH_SIZE
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise PhasecodeError(f"batch_size must be an integer >= 1, got {value!r}")
+    return size
+
+
+def register() -> None:
+    """Put ``phasecode`` in lm-eval's model registry (idempotent)."""
+    import lm_eval.models  # noqa: F401  (fills the registry first: get_model skips it if not empty)
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME)(PhasecodeLM)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(progress: bool) -> Iterator[None]:
+    """lm-eval's info/warning logs off; its per-task 'building contexts' bar off unless
+    progress (it has no switch, so the module's tqdm is swapped for the duration)."""
+    import lm_eval.api.task as task_module
+
+    logger = logging.getLogger("lm_eval")
+    level, bar = logger.level, task_module.tqdm
+    logger.setLevel(logging.ERROR)
+    if not progress:
+        task_module.tqdm = _silent_tqdm
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        task_module.tqdm = bar
+
+
+def _silent_tqdm(iterable=None, *args: Any, **kwargs: Any):
+    return tqdm(iterable, *args, **{**kwargs, "disable": True})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``phasecode-lm-eval``: lm-eval's CLI with the phasecode model and the offline tasks
+    (``--include_path`` to phasecode's task configs is added unless one is given)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    register()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
+        args += ["--include_path", str(TASK_CONFIGS)]
+    sys.argv = [sys.argv[0], *args]
+    try:
+        cli_evaluate()
+    except PhasecodeError as err:
+        print(f"phasecode-lm-eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+register()

@@ -1,0 +1,119 @@
+"""Zero-shot accuracy (ARC-Easy/Challenge, PIQA, WinoGrande) of the prepared ANN and the SNN.
+
+The scoring is lm-evaluation-harness's own: the task configs in ``configs/`` are lm-eval task
+YAMLs (``phasecode_arc_easy``, ...) that read the staged original release files (``data.py``)
+and build the prompts of lm-eval's built-in tasks (``prompts.py``); lm-eval computes acc and
+acc_norm. Both columns run after the artifact's prefix, as ``phasecode eval`` does for
+perplexity: ANN = the prepared model without neurons (``spiking.analog()``), SNN = the fast
+equivalent path (``spiking.coded()``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from phasecode.errors import PhasecodeError
+from phasecode.evaluation.tasks.data import SOURCES
+
+if TYPE_CHECKING:
+    from phasecode.conversion.convert import SpikingModel
+
+TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "piqa", "winogrande")
+# what the paper reports per task (lm-eval computes both acc and acc_norm where it can)
+METRICS: dict[str, str] = {
+    "arc_easy": "acc_norm",
+    "arc_challenge": "acc_norm",
+    "piqa": "acc_norm",
+    "winogrande": "acc",
+}
+LM_EVAL_PREFIX = "phasecode_"  # registered task names; lm-eval's built-in names stay untouched
+
+
+def lm_eval_name(task: str) -> str:
+    return LM_EVAL_PREFIX + task
+
+
+def check_tasks(tasks: list[str], limit: int | None = None) -> list[str]:
+    """The task names without repeats, each with readable data, or a PhasecodeError.
+
+    Reading every data file up front means a missing or malformed file is reported before
+    any model runs.
+    """
+    names = list(dict.fromkeys(tasks))
+    if not names:
+        raise PhasecodeError(f"no task given; choose from {', '.join(TASKS)}")
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise PhasecodeError(
+            f"unknown task {', '.join(map(repr, unknown))}; choose from {', '.join(TASKS)}"
+        )
+    if limit is not None and limit < 1:
+        raise PhasecodeError(f"limit must be >= 1, got {limit}")
+    for name in names:
+        SOURCES[name].read()
+    return names
+
+
+def load_docs(task: str) -> list[dict[str, Any]]:
+    """A task's documents in the schema of the HF dataset lm-eval's built-in task uses."""
+    return SOURCES[check_tasks([task])[0]].read()
+
+
+def score_tasks(
+    spiking: SpikingModel,
+    tasks: list[str],
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Accuracy in percent of the prepared ANN and of the SNN on the first `limit` examples.
+
+    Returns {task: {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr"}}; `metric` is
+    the one the paper reports (acc_norm for ARC and PIQA, acc for WinoGrande); the standard
+    errors (of the mean over examples) are None for a single example.
+    """
+    from phasecode.evaluation.harness import PhasecodeLM
+
+    names = check_tasks(tasks, limit)
+    runs = {
+        mode: run_lm_eval(
+            PhasecodeLM(
+                spiking=spiking, analog=mode == "ann", batch_size=batch_size, progress=progress
+            ),
+            names,
+            limit,
+            progress,
+        )
+        for mode in ("ann", "snn")
+    }
+    report = {}
+    for name in names:
+        metric, key = METRICS[name], lm_eval_name(name)
+        ann, snn = runs["ann"]["results"][key], runs["snn"]["results"][key]
+        report[name] = {
+            "ann": 100 * ann[f"{metric},none"],
+            "snn": 100 * snn[f"{metric},none"],
+            "n": runs["snn"]["n-samples"][key]["effective"],
+            "metric": metric,
+            "ann_stderr": _percent(ann.get(f"{metric}_stderr,none")),
+            "snn_stderr": _percent(snn.get(f"{metric}_stderr,none")),
+        }
+    return report
+
+
+def _percent(stderr: Any) -> float | None:
+    """lm-eval's standard error in percent; None where it has none (it says "N/A" for n = 1)."""
+    return 100 * stderr if isinstance(stderr, (int, float)) else None
+
+
+def run_lm_eval(lm: Any, tasks: list[str], limit: int | None, progress: bool = True) -> dict:
+    """lm-eval's ``evaluate`` on phasecode's offline task configs (zero-shot): its raw results."""
+    from lm_eval.evaluator import evaluate
+    from lm_eval.tasks import TaskManager
+
+    from phasecode.evaluation.harness import TASK_CONFIGS, quiet_lm_eval
+
+    with quiet_lm_eval(progress):
+        manager = TaskManager(include_path=str(TASK_CONFIGS), include_defaults=False)
+        loaded = manager.load([lm_eval_name(task) for task in tasks])
+        return evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
