@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from phasecode.artifacts import write_json_atomic
 from phasecode.comparison.grid import Cell, calibrations, convert_cell
-from phasecode.comparison.store import write_json_atomic
 from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
 from phasecode.fitting import SamplingSettings
 from phasecode.models.loading import DEFAULT_MODEL, load_model

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from phasecode.comparison.store import write_json_atomic
+from phasecode.artifacts import write_json_atomic
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
 from phasecode.fitting import FitSettings, SamplingSettings

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.utils import logging as hf_logging
+
+# conftest's tiny 2-layer shape, with a vocabulary covering the byte-level tiny tokenizer
+# (its ids reach 257), so the model can be converted and evaluated on real text
+CONVERTIBLE_SIZES = dict(
+    vocab_size=258,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 WORDS = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
@@ -45,15 +59,7 @@ def eager_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def tiny_llama(seed: int = 0) -> nn.Module:
     """A 2-layer LLaMA whose vocabulary covers the byte-level tiny tokenizer (ids up to 257)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=258,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
+    config = LlamaConfig(**CONVERTIBLE_SIZES, max_position_embeddings=128)
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -70,3 +76,21 @@ def text_file(path: Path, words: int = 200, seed: int = 9) -> Path:
     picks = torch.randint(len(WORDS), (words,), generator=gen).tolist()
     path.write_text(" ".join(WORDS[i] for i in picks) + "\n")
     return path
+
+
+def cli_files(root: Path, tokenizer) -> Path:
+    """A saved ``tiny_llama``, a calibration .jsonl and an evaluation text under root."""
+    save_tiny_model(root / "model", tokenizer)
+    write_calibration(root / "calib.jsonl", docs=8)
+    text_file(root / "eval.txt")
+    return root
+
+
+@contextlib.contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """transformers' progress bars off inside, back on after if they were on before."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    yield
+    if bars:
+        hf_logging.enable_progress_bar()

@@ -8,20 +8,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from helpers import tiny_llama
 
 from phasecode.conversion.convert import SpikingModel, convert
 from phasecode.fitting import FitSettings, SamplingSettings
-
-SIZES = dict(
-    vocab_size=258,  # the byte-level tiny tokenizer's ids reach 257
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
 
 ARC_EASY = [
     {
@@ -118,8 +108,7 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 def tiny_spiking(tokenizer, calibration: Path, method: str = "las") -> SpikingModel:
     """A tiny LLaMA converted at T=4 (a fixed code by default: nothing to train, so fast)."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**SIZES)).eval()
+    model = tiny_llama(0)
     fit = FitSettings(method, 4, 1)
     sampling = SamplingSettings(samples=64, calibration=calibration, sequences=4, seq_len=32)
     return convert(model, tokenizer, fit, sampling, progress=False)

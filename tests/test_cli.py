@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import write_calibration
+from helpers import CONVERTIBLE_SIZES, write_calibration
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
@@ -17,23 +17,14 @@ from phasecode.coding.table import CodeTable
 from phasecode.fitting import METHODS
 from phasecode.models.loading import load_model, model_fingerprint
 
-# conftest's tiny sizes, with a vocabulary covering the byte-level tokenizer (ids up to 257)
-TINY_SIZES = dict(
-    vocab_size=258,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-SITES = 4 * TINY_SIZES["num_hidden_layers"]
+SITES = 4 * CONVERTIBLE_SIZES["num_hidden_layers"]
 SITE_KEYS = {"name", "mse", "lloyd_max_mse", "ratio"}
 REPORT_KEYS = {"sites", "mean_ratio", "train_seconds", "timesteps", "grains", "method"}
 
 
 def _save_model(directory, tokenizer, nan_weight: bool = False):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**TINY_SIZES)).eval()
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**CONVERTIBLE_SIZES)).eval()
     if nan_weight:  # one NaN in layer 0's o_proj poisons the residual stream from there on
         with torch.no_grad():
             model.model.layers[0].self_attn.o_proj.weight[3, 5] = float("nan")

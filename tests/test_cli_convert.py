@@ -9,7 +9,8 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from helpers import CONVERTIBLE_SIZES, WORDS, save_tiny_model
+from transformers import AutoModelForCausalLM, GPT2Config
 from transformers.utils import logging as hf_logging
 
 from phasecode.artifacts import load_artifact, save_artifact
@@ -17,20 +18,6 @@ from phasecode.cli import main
 from phasecode.coding.baselines import las
 from phasecode.conversion.store import read_spiking_metadata
 from phasecode.models.loading import load_model, model_fingerprint
-
-SIZES = dict(
-    vocab_size=258,  # the byte-level tiny tokenizer's ids reach 257
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
-    "dog", "while", "spiking", "neurons", "code", "phases",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,10 +47,7 @@ def _text(words: int, seed: int) -> str:
 def files(tmp_path_factory, tiny_tokenizer):
     """A saved tiny LLaMA with its tokenizer, a calibration .jsonl and an evaluation text."""
     root = tmp_path_factory.mktemp("cli_convert")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**SIZES)).eval()
-    model.save_pretrained(root / "model")
-    tiny_tokenizer.save_pretrained(root / "model")
+    save_tiny_model(root / "model", tiny_tokenizer)
     lines = [json.dumps({"text": _text(50, seed)}) for seed in range(8)]
     (root / "calib.jsonl").write_text("\n".join(lines) + "\n")
     (root / "eval.txt").write_text(_text(60, 99) + "\n")
@@ -149,7 +133,7 @@ def test_convert_writes_a_spiking_artifact(artifact, files):
     spec = metadata["spec"]
     assert (spec["method"], spec["timesteps"], spec["grains"]) == ("mgpc", 4, 2)
     assert spec["rotate"] and spec["lm_head"] and spec["prefix_tokens"][0] == 0  # BOS
-    assert len(metadata["sites"]) == 10 * SIZES["num_hidden_layers"] + 1
+    assert len(metadata["sites"]) == 10 * CONVERTIBLE_SIZES["num_hidden_layers"] + 1
     tensors, _ = load_artifact(out)
     assert tensors["threshold"].shape == (len(metadata["sites"]), 4)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left

@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import save_tiny_model, text_file, write_calibration
-from transformers.utils import logging as hf_logging
+from helpers import cli_files, progress_bars_off
 
 from phasecode.artifacts import load_artifact
 from phasecode.cli import main
@@ -20,20 +19,13 @@ SITES = 10 * 2 + 1  # ten per decoder layer and the lm_head input
 
 @pytest.fixture(scope="module", autouse=True)
 def _quiet_transformers():
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    yield
-    if bars:
-        hf_logging.enable_progress_bar()
+    with progress_bars_off():
+        yield
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("cli_methods")
-    save_tiny_model(root / "model", tiny_tokenizer)
-    write_calibration(root / "calib.jsonl", docs=8)
-    text_file(root / "eval.txt")
-    return root
+    return cli_files(tmp_path_factory.mktemp("cli_methods"), tiny_tokenizer)
 
 
 def _convert(files, out, *options: str) -> int:

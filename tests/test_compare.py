@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import save_tiny_model, text_file, write_calibration
-from transformers.utils import logging as hf_logging
+from helpers import cli_files, progress_bars_off
 
 import phasecode.comparison.evaluate as evaluate
 import phasecode.comparison.grid as grid
@@ -23,20 +22,13 @@ CELLS = 1 + 2 * (2 + 1)  # TTFS once at T=128; per T: mgpc with 2 grains, LAS
 
 @pytest.fixture(scope="module", autouse=True)
 def _quiet_transformers():
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    yield
-    if bars:
-        hf_logging.enable_progress_bar()
+    with progress_bars_off():
+        yield
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("compare")
-    save_tiny_model(root / "model", tiny_tokenizer)
-    write_calibration(root / "calib.jsonl", docs=8)
-    text_file(root / "eval.txt")
-    return root
+    return cli_files(tmp_path_factory.mktemp("compare"), tiny_tokenizer)
 
 
 def _argv(files, out, *grid_options: str) -> list[str]:

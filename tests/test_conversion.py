@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from helpers import eager_logits, logits, write_calibration
+from helpers import CONVERTIBLE_SIZES, eager_logits, logits, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -22,22 +22,14 @@ from phasecode.training.alternating import TrainConfig
 
 ARCHS = ["llama", "qwen2", "mistral"]
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
-SIZES = dict(
-    vocab_size=258,  # the byte-level tiny tokenizer's ids reach 257
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-LAYERS = SIZES["num_hidden_layers"]
+LAYERS = CONVERTIBLE_SIZES["num_hidden_layers"]
 FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)
 BOS = 0
 
 
 def _model(arch: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(CONFIGS[arch](**SIZES)).eval()
+    return AutoModelForCausalLM.from_config(CONFIGS[arch](**CONVERTIBLE_SIZES)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +88,7 @@ def test_spec_records_the_settings(converted):
     assert spec.rotate and spec.rotation_seed == 0 and spec.lm_head
     assert spiking.report["spec"] == asdict(spec)
     assert isinstance(spiking.down_rotation, OnlineRotation)
-    assert spiking.down_rotation.width == SIZES["intermediate_size"]
+    assert spiking.down_rotation.width == CONVERTIBLE_SIZES["intermediate_size"]
 
 
 def test_prefix_starts_with_bos(converted):

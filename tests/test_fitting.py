@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_calibration
+from helpers import CONVERTIBLE_SIZES, write_calibration
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from phasecode.coding.neuron import value
@@ -21,16 +21,7 @@ from phasecode.models.hadamard import hadamard_rotation
 from phasecode.training.alternating import TrainConfig
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
 
-# conftest's tiny sizes, with a vocabulary covering the byte-level tokenizer (ids up to 257)
-TINY_SIZES = dict(
-    vocab_size=258,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-LAYERS = TINY_SIZES["num_hidden_layers"]
+LAYERS = CONVERTIBLE_SIZES["num_hidden_layers"]
 SITES = 4 * LAYERS  # qkv, o, gate_up, down per layer
 SEQUENCES, SEQ_LEN = 4, 32
 FAST = TrainConfig(rounds=3, threshold_steps=2, base_steps=3, search_steps=4, search_samples=256)
@@ -39,7 +30,7 @@ FAST = TrainConfig(rounds=3, threshold_steps=2, base_steps=3, search_steps=4, se
 def _byte_llama(seed: int = 0):
     """A tiny random LLaMA whose vocabulary covers the byte-level tokenizer (ids up to 257)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(**TINY_SIZES)
+    config = LlamaConfig(**CONVERTIBLE_SIZES)
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -99,7 +90,7 @@ def test_sample_sites_is_reproducible(llama, tiny_tokenizer, calibration, sample
 def test_halves_partition_all_values_and_bos_is_left_out(llama, tiny_tokenizer, calibration):
     """With exactly as many samples as values at the hidden-width sites, train ∪ held-out is
     every value at positions 1.. (each used once) and none of the BOS position's values."""
-    per_site = SEQUENCES * (SEQ_LEN - 1) * TINY_SIZES["hidden_size"]  # BOS excluded
+    per_site = SEQUENCES * (SEQ_LEN - 1) * CONVERTIBLE_SIZES["hidden_size"]  # BOS excluded
     ids, ids_handle = _capture_inputs(llama, "model.embed_tokens")
     seen, handle = _capture_inputs(llama, "model.layers.0.self_attn.q_proj")
     try:
@@ -124,7 +115,7 @@ def test_halves_partition_all_values_and_bos_is_left_out(llama, tiny_tokenizer, 
 
 
 def test_without_prefix_position_zero_is_sampled(llama, tiny_tokenizer, calibration):
-    per_site = SEQUENCES * SEQ_LEN * TINY_SIZES["hidden_size"]
+    per_site = SEQUENCES * SEQ_LEN * CONVERTIBLE_SIZES["hidden_size"]
     ids, ids_handle = _capture_inputs(llama, "model.embed_tokens")
     seen, handle = _capture_inputs(llama, "model.layers.0.self_attn.q_proj")
     try:
@@ -161,7 +152,7 @@ def test_rotated_down_samples_are_values_of_the_rotated_input(llama, tiny_tokeni
         got = sample_sites(llama, tiny_tokenizer, _settings(calibration, seed=3), progress=False)
     finally:
         handle.remove()
-    r = hadamard_rotation(TINY_SIZES["intermediate_size"], seed=3)
+    r = hadamard_rotation(CONVERTIBLE_SIZES["intermediate_size"], seed=3)
     x = torch.cat(seen)
     rotated = (x[:, 1:] @ r).reshape(-1).sort().values
     index = [s.name for s in got.sites].index("layers.0.down")

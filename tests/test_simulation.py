@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_calibration
+from helpers import CONVERTIBLE_SIZES, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -16,14 +16,6 @@ from phasecode.simulation.network import SpikingSimulator
 from phasecode.training.alternating import TrainConfig
 
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
-SIZES = dict(
-    vocab_size=258,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
 FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)
 
 
@@ -35,7 +27,7 @@ def _rms_norm_float64(self: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 def _float64_model(arch: str, patch: pytest.MonkeyPatch) -> nn.Module:
     torch.manual_seed(0)
-    config = CONFIGS[arch](**SIZES)
+    config = CONFIGS[arch](**CONVERTIBLE_SIZES)
     if arch == "qwen2":
         config.attention_bias = True
     model = AutoModelForCausalLM.from_config(config).to(torch.float64).eval()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import write_calibration
+from helpers import CONVERTIBLE_SIZES, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -20,20 +20,11 @@ from phasecode.fitting import FitSettings, SamplingSettings
 from phasecode.models.loading import model_fingerprint
 from phasecode.training.alternating import TrainConfig
 
-SIZES = dict(
-    vocab_size=258,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-
 
 def _base(seed: int = 0) -> nn.Module:
     """The same tiny LLaMA every time (per seed), as a freshly loaded base model would be."""
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(LlamaConfig(**SIZES)).eval()
+    return AutoModelForCausalLM.from_config(LlamaConfig(**CONVERTIBLE_SIZES)).eval()
 
 
 def _tokens() -> torch.Tensor:

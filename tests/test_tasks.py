@@ -10,8 +10,7 @@ from pathlib import Path
 
 import lm_eval
 import pytest
-import torch
-from helpers import write_calibration
+from helpers import save_tiny_model, write_calibration
 from lm_eval.api.model import LM
 from lm_eval.evaluator import evaluate
 from lm_eval.tasks import TaskManager
@@ -20,13 +19,11 @@ from task_data import (
     ARC_EASY,
     PIQA,
     PIQA_LABELS,
-    SIZES,
     WINOGRANDE,
     hand_loglikelihood,
     tiny_spiking,
     write_task_data,
 )
-from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
 from phasecode.cli import main
@@ -305,9 +302,7 @@ def test_malformed_data_names_the_file_and_the_format(
 def artifact(tmp_path_factory, tiny_tokenizer):
     """A saved tiny LLaMA converted by `phasecode convert` (LAS, T=4)."""
     root = tmp_path_factory.mktemp("eval_tasks")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(**SIZES)).save_pretrained(root / "model")
-    tiny_tokenizer.save_pretrained(root / "model")
+    save_tiny_model(root / "model", tiny_tokenizer)
     calibration = write_calibration(root / "calib.jsonl")
     argv = ["--quiet", "convert", "--model", str(root / "model"), "--calibration", str(calibration)]
     argv += ["--samples", "32", "--sequences", "4", "--seq-len", "32", "-T", "4", "--grains", "1"]

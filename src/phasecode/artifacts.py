@@ -40,6 +40,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def artifact_exists(directory: str | Path, name: str = "neurons") -> bool:
     """True if the commit file is present (it is written last, so it marks a whole artifact)."""
     return (Path(directory) / f"{name}.json").is_file()

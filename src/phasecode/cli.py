@@ -1,13 +1,13 @@
-"""Command-line interface: `phasecode neurons | convert | eval | run`."""
+"""Command-line interface: `phasecode neurons | convert | eval | run | compare`; the spiking
+side (`simulate | energy | generate`) is in ``spiking_cli``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
+from phasecode.artifacts import write_json_atomic
 from phasecode.comparison.options import add_arguments as add_compare_arguments
 from phasecode.errors import PhasecodeError
 from phasecode.fitting import METHODS, FitSettings, SamplingSettings
@@ -159,7 +159,7 @@ def run_neurons(args: argparse.Namespace) -> int:
         weight_bits=args.weight_bits,
     )
     if args.json:
-        _write_json(args.json, report)
+        write_json_atomic(args.json, report)
     return 0
 
 
@@ -200,7 +200,7 @@ def run_eval(args: argparse.Namespace) -> int:
         task_batch_size=args.task_batch_size,
     )
     if args.json:
-        _write_json(args.json, report)
+        write_json_atomic(args.json, report)
     return 0
 
 
@@ -212,7 +212,7 @@ def run_main_job(args: argparse.Namespace) -> int:
     convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), args.out, progress=not args.quiet)
     report = evaluate_job(args.out, ["wikitext2"], [], 512, args.limit, progress=not args.quiet)
     if args.json:
-        _write_json(args.json, report)
+        write_json_atomic(args.json, report)
     return 0
 
 
@@ -228,14 +228,6 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"phasecode: {count} cells failed (first: {first})", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 COMMANDS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phasecode.artifacts import write_json_atomic
 from phasecode.errors import PhasecodeError
 from phasecode.simulation.energy import PRESETS
 
@@ -33,8 +34,11 @@ def add_spiking_commands(sub, common: argparse.ArgumentParser) -> None:
     energy.add_argument("artifact", type=Path)
     energy.add_argument("--tokens", type=int, default=512, help="WikiText-2 test tokens")
     energy.add_argument(
-        "--mask", type=int, default=3, help="masking strength: drop spikes more than T-1-S "
-        "steps after a neuron's first (0 = none)"
+        "--mask",
+        type=int,
+        default=3,
+        help="masking strength: drop spikes more than T-1-S "
+        "steps after a neuron's first (0 = none)",
     )
     energy.add_argument(
         "--costs", default="45nm-fp32", help=f"{' | '.join(PRESETS)} or a JSON file of costs"
@@ -62,9 +66,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         args.artifact, args.tokens, args.check, args.dtype == "float64", args.mask, args.text
     )
     if args.json:
-        from phasecode.cli import _write_json
-
-        _write_json(args.json, report)
+        write_json_atomic(args.json, report)
     return 1 if args.check and not report["check"]["passed"] else 0
 
 
@@ -84,9 +86,7 @@ def run_energy(args: argparse.Namespace) -> int:
         text=args.text,
     )
     if args.json:
-        from phasecode.cli import _write_json
-
-        _write_json(args.json, report)
+        write_json_atomic(args.json, report)
     return 0
 
 

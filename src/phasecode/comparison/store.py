@@ -8,23 +8,12 @@ collect several grids.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from phasecode.artifacts import write_json_atomic
 from phasecode.errors import PhasecodeError
 
 FORMAT = 1
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(data, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class ResultStore:
