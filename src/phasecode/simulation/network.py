@@ -171,7 +171,9 @@ class SpikingSimulator:
             k_c = SpikeTrain(k.spikes.index_select(2, kv_index), k.weight)
             v_c = SpikeTrain(v.spikes.index_select(2, kv_index), v.weight)
             k_t = SpikeTrain(k_c.spikes.transpose(-1, -2), k_c.weight)
-            scores = spike_matmul(q_c, k_t) * attention.scaling
+            # the 1/sqrt(d) scaling rides on the queries' d(t): no extra pass over the scores
+            scaled_q = SpikeTrain(q_c.spikes, q_c.weight * attention.scaling)
+            scores = spike_matmul(scaled_q, k_t)
             probs = accumulate_difference(scores, softmax)
             p_train = self._fire(i, "probs", integrate(probs))
             outputs.append(integrate(spike_matmul(p_train, v_c)))
