@@ -52,9 +52,8 @@ def _tokens(length: int = 12) -> torch.Tensor:
 
 
 def _fast_logits(spiking: SpikingModel, tokens: torch.Tensor, mask: int = 0) -> torch.Tensor:
-    cache = spiking.prefix.cache_for(len(tokens)) if spiking.prefix is not None else None
-    with torch.no_grad(), spiking.coded(mask):
-        return spiking.model(input_ids=tokens, cache=cache, use_cache=cache is not None).logits
+    with spiking.coded(mask):
+        return spiking.logits(tokens)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -86,6 +86,13 @@ class SpikingModel:
         masking of ``mask_strength``, see ``coding.neuron.mask_window``)."""
         return self.surgery(Coder(self.table, self.sites, mask_strength=mask_strength))
 
+    @torch.no_grad()
+    def logits(self, tokens: Tensor) -> Tensor:
+        """Logits for ``tokens`` [B, S] run after the prefix, under whatever surgery is
+        installed (none: the ANN's own forward)."""
+        cache = self.prefix.cache_for(len(tokens)) if self.prefix is not None else None
+        return self.model(input_ids=tokens, cache=cache, use_cache=cache is not None).logits
+
     def analog(self) -> SpikingSurgery:
         """The prepared ANN (rotations applied, no neurons), for sanity checks."""
         return self.surgery(Passthrough())
@@ -226,15 +233,11 @@ def convert(
     tokenizer,
     fit: FitSettings,
     sampling: SamplingSettings,
-    rotate: bool = True,
-    prefix_top: int | None = 3,
-    lm_head: bool = True,
     progress: bool = True,
-    balance: bool = False,
-    weight_bits: int | None = None,
+    **preparation,
 ) -> SpikingModel:
-    """Convert ``model`` (modified in place) into a spiking model; see the module docstring."""
-    calibrated = calibrate(
-        model, tokenizer, sampling, rotate, prefix_top, lm_head, progress, balance, weight_bits
-    )
+    """Convert ``model`` (modified in place) into a spiking model; see the module docstring.
+    ``preparation`` holds ``calibrate``'s options (rotate, prefix_top, lm_head, balance,
+    weight_bits), passed through unchanged."""
+    calibrated = calibrate(model, tokenizer, sampling, progress=progress, **preparation)
     return fit_spiking(calibrated, fit, progress)

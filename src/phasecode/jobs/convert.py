@@ -31,12 +31,12 @@ def convert_job(
         tokenizer,
         fit,
         sampling,
-        rotate,
-        3 if prefix else None,
-        lm_head,
         progress,
-        balance,
-        weight_bits,
+        rotate=rotate,
+        prefix_top=3 if prefix else None,
+        lm_head=lm_head,
+        balance=balance,
+        weight_bits=weight_bits,
     )
     save_spiking(out, spiking, base)
     print(format_conversion(spiking.report))

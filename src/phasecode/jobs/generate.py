@@ -65,11 +65,16 @@ def _greedy(step, prompt: torch.Tensor, new_tokens: int, eos: int | None) -> lis
     return out
 
 
-def encode_prompt(spiking: SpikingModel, prompt: str, new_tokens: int) -> torch.Tensor:
+def check_request(prompt: str, new_tokens: int) -> None:
     if not prompt.strip():
         raise PhasecodeError("the prompt is empty")
     if new_tokens < 1:
         raise PhasecodeError(f"--max-new-tokens must be >= 1, got {new_tokens}")
+
+
+def encode_prompt(spiking: SpikingModel, prompt: str, new_tokens: int) -> torch.Tensor:
+    """[1, S] prompt ids, checked to fit the context with the prefix and the new tokens."""
+    check_request(prompt, new_tokens)
     ids = spiking.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     prefix = len(spiking.prefix) if spiking.prefix is not None else 0
     check_seq_len(spiking.model, len(ids) + new_tokens, prefix)
@@ -86,8 +91,7 @@ def generate_job(
 ) -> dict:
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)
-    if not prompt.strip():
-        raise PhasecodeError("the prompt is empty")
+    check_request(prompt, new_tokens)  # before the model loads
     spiking = load_spiking(artifact, float64=float64)
     ids = encode_prompt(spiking, prompt, new_tokens)
     start = time.perf_counter()

@@ -35,21 +35,17 @@ def sample_tokens(spiking: SpikingModel, tokens: int, text: str | None = None) -
     return token_windows(spiking.tokenizer, load_corpus(text or "wikitext2"), tokens, 1)
 
 
-@torch.no_grad()
 def fast_logits(spiking: SpikingModel, tokens: torch.Tensor, mask_strength: int = 0):
-    cache = spiking.prefix.cache_for(len(tokens)) if spiking.prefix is not None else None
     with spiking.coded(mask_strength):
-        return spiking.model(input_ids=tokens, cache=cache, use_cache=cache is not None).logits
+        return spiking.logits(tokens)
 
 
-@torch.no_grad()
 def ann_seconds(spiking: SpikingModel, tokens: torch.Tensor) -> float:
     """Time of the ANN's own forward over the same tokens, after the prefix: the model with no
     surgery (transformers' default attention; the rotation folded into its weights costs
     nothing), i.e. what the original ANN costs."""
-    cache = spiking.prefix.cache_for(len(tokens)) if spiking.prefix is not None else None
     start = time.perf_counter()
-    spiking.model(input_ids=tokens, cache=cache, use_cache=cache is not None)
+    spiking.logits(tokens)
     return time.perf_counter() - start
 
 

@@ -85,7 +85,7 @@ class Counter:
 
     def site(self, key: tuple[str, str], train: SpikeTrain) -> None:
         """A site's neurons: spikes, neuron steps and E_neuron's operations."""
-        spikes = float((train.spikes != 0).sum())
+        spikes = train.spike_count
         steps = float(train.spikes.numel())
         self.add(
             key,
@@ -97,7 +97,7 @@ class Counter:
     def linear(self, key: tuple[str, str], train: SpikeTrain, linear: nn.Linear) -> None:
         out, fan_in = linear.out_features, linear.in_features
         tokens = train.spikes[0].numel() / fan_in
-        spikes = float((train.spikes != 0).sum())
+        spikes = train.spike_count
         t = train.timesteps
         bias = tokens * out if linear.bias is not None else 0.0
         snn = spike_ac(spikes * out)
@@ -152,7 +152,7 @@ class Counter:
             from_a = float((a_per_query * visible.sum(1)).sum())
             outputs = pairs
         else:  # a probability spike adds one value row
-            from_a = float((a.spikes != 0).sum()) * inner
+            from_a = a.spike_count * inner
             outputs = float(rows.shape[0] * batch * heads * inner)
         snn = spike_ac(from_a + from_b)
         snn.add(analog_mac(2 * t * outputs, 0.0))
@@ -172,7 +172,7 @@ class Counter:
     def product(self, key: tuple[str, str], a: SpikeTrain, b: SpikeTrain) -> None:
         """Eq. 55: every spike of either train adds one value of the other."""
         elements = float(a.spikes[0].numel())
-        spikes = float((a.spikes != 0).sum() + (b.spikes != 0).sum())
+        spikes = a.spike_count + b.spike_count
         snn = spike_ac(spikes)
         snn.add(analog_mac(2 * a.timesteps * elements, 0.0))
         self.add(key, snn, analog_mac(elements, elements))

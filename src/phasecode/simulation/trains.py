@@ -9,6 +9,7 @@ output weights d(t), so that Q_{s,t} = d(t)·s(t) is formed only where an operat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -37,9 +38,11 @@ class SpikeTrain:
         """Σ_t d(t)·s(t): what the train is worth once summed over time."""
         return self.steps().sum(0)
 
-    def per_step_counts(self) -> Tensor:
-        """Number of spikes at each step, [T] (signed spikes count as one)."""
-        return (self.spikes != 0).flatten(1).sum(1)
+    @cached_property
+    def spike_count(self) -> float:
+        """All spikes of the train (a signed spike counts once); counted once, read by every
+        consumer's count."""
+        return float((self.spikes != 0).sum())
 
     def narrow(self, dim: int, start: int, length: int) -> SpikeTrain:
         """A slice along data dimension ``dim`` (0 = the first dimension after time)."""
