@@ -21,9 +21,10 @@ import torch
 
 from phasecode.artifacts import write_json_atomic
 from phasecode.comparison.grid import Cell, calibrations, convert_cell
-from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
-from phasecode.fitting import SamplingSettings
+from phasecode.evaluation.perplexity import load_corpus, token_windows
+from phasecode.inference.nll import perplexity
 from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.settings import SamplingSettings
 from phasecode.training.alternating import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

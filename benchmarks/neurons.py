@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from phasecode.fitting import FitSettings, SamplingSettings, fit_codes, sample_sites, score_sites
+from phasecode.calibration.sampling import sample_sites
 from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.training.fit import fit_codes, score_sites
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [("las", 1), ("mgpc", 1), ("mgpc", 2), ("mgpc", 3)]

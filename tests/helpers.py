@@ -94,3 +94,20 @@ def progress_bars_off() -> Iterator[None]:
     yield
     if bars:
         hf_logging.enable_progress_bar()
+
+
+@torch.no_grad()
+def randomize_weights(model: nn.Module, seed: int) -> nn.Module:
+    """Random linears, embeddings, biases and RMSNorm gains: freshly initialised norms have
+    γ = 1 and biases 0, which would hide fusion and rotation bugs."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0, module.in_features**-0.5, generator=gen)
+            if module.bias is not None:
+                module.bias.normal_(0, 0.1, generator=gen)
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0, 1, generator=gen)
+    for norm in [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]:
+        norm.weight.uniform_(0.5, 1.5, generator=gen)
+    return model

@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_llama
 
 from phasecode.conversion.convert import SpikingModel, convert
-from phasecode.fitting import FitSettings, SamplingSettings
+from phasecode.settings import FitSettings, SamplingSettings
 
 ARC_EASY = [
     {

@@ -45,12 +45,11 @@ def collect_site_samples(
     seed: int = 0,
     skip_positions: int = 0,
     progress: bool = True,
-    batch_size: int = 1,
     transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A uniform sample of each site's input values over all calibration tokens.
 
-    `batches` is [n_sequences, seq_len] token ids, fed `batch_size` sequences per forward pass.
+    `batches` is [n_sequences, seq_len] token ids, fed one sequence per forward pass.
     Positions before `skip_positions` (e.g. BOS) are left out of the samples. `transforms` maps
     a site name to a function applied to its input before sampling (e.g. an online rotation).
     """
@@ -66,7 +65,7 @@ def collect_site_samples(
         for site in sites
     }
     device = next(model.parameters()).device
-    chunks = batches.split(batch_size)
+    chunks = batches.split(1)
     with hooks(model, fns), torch.no_grad():
         for chunk in tqdm(chunks, desc="calibrating", unit="batch", disable=not progress):
             model(input_ids=chunk.to(device), use_cache=False, logits_to_keep=1)

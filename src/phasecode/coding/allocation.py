@@ -7,7 +7,10 @@ from math import comb
 
 from phasecode.errors import PhasecodeError
 
-MAX_TIMESTEPS = 128  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
+TTFS_TIMESTEPS = 128  # App. D.1: TTFSFormer is compared at its own T = 128
+MAX_TIMESTEPS = (
+    TTFS_TIMESTEPS  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
+)
 
 
 def validate_timesteps(timesteps: int, limit: int = MAX_TIMESTEPS) -> int:

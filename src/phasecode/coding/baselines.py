@@ -30,7 +30,9 @@ from phasecode.coding.table import UNLIMITED, CodeTable, PhaseBases
 
 
 def _table(step_values: Tensor, max_spikes: int, phase: PhaseBases | None = None) -> CodeTable:
-    budget = torch.full((step_values.shape[0],), max_spikes, dtype=torch.long)
+    budget = torch.full(
+        (step_values.shape[0],), max_spikes, dtype=torch.long, device=step_values.device
+    )
     return CodeTable(step_values.clone(), step_values.clone(), step_values.clone(), budget, phase)
 
 
@@ -45,7 +47,7 @@ def las(tau: Tensor, timesteps: int, bases: Tensor | None = None) -> CodeTable:
     """LAS: θ = h = d = τ·2^-t, i.e. a phase code with one base 2 and a per-site scale τ."""
     validate_timesteps(timesteps)
     if bases is None:
-        bases = torch.full((tau.shape[0], 1), 2.0, dtype=tau.dtype)
+        bases = torch.full((tau.shape[0], 1), 2.0, dtype=tau.dtype, device=tau.device)
     phase_bases = PhaseBases(tau, bases, ((timesteps,),) * tau.shape[0])
     return _table(phase_bases.weights(), UNLIMITED, phase_bases)
 
@@ -65,7 +67,7 @@ def spikedattention(tau: Tensor, timesteps: int) -> CodeTable:
 def ttfs(tau: Tensor, timesteps: int) -> CodeTable:
     """Time-to-first-spike: one spike, value τ·(T+1−t)/T for a first spike at step t."""
     validate_timesteps(timesteps)
-    t = torch.arange(1, timesteps + 1, dtype=tau.dtype)
+    t = torch.arange(1, timesteps + 1, dtype=tau.dtype, device=tau.device)
     return _table(tau[:, None] * (timesteps + 1 - t) / timesteps, 1)
 
 

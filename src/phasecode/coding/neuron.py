@@ -138,11 +138,21 @@ def fast_site_value(
     """
     if table.sites != 1:
         raise ValueError("fast_site_value codes one site; select it from the table first")
-    row = table.to(x.dtype, x.device)
+    dtype = firing_dtype(x.dtype)
+    row = table if table.threshold.dtype == dtype else table.to(dtype)
+    row = row if row.threshold.device == x.device else row.to(device=x.device)
     budget = int(row.max_spikes[0]) or row.timesteps
     fn = _fused_site_value
     if compiled and os.environ.get("PHASECODE_COMPILE", "1") != "0":
         fn = _COMPILED.setdefault("value", torch.compile(_fused_site_value, dynamic=True))
     window = mask_window(row.timesteps, mask_strength)
-    flat = fn(x.reshape(-1), row.threshold[0], row.reset[0], row.weight[0], budget, window)
-    return flat.reshape(x.shape)
+    flat = fn(
+        x.reshape(-1).to(dtype), row.threshold[0], row.reset[0], row.weight[0], budget, window
+    )
+    return flat.reshape(x.shape).to(x.dtype)
+
+
+def firing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Neurons fire in float32 whatever the model's dtype (bf16 thresholds would merge
+    neighbouring levels); float64 models, used for exact checks, fire in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

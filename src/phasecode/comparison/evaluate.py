@@ -10,10 +10,10 @@ from dataclasses import asdict
 import torch
 
 from phasecode.comparison.grid import Cell, convert_cell
-from phasecode.comparison.options import CompareSettings
+from phasecode.comparison.settings import CompareSettings
 from phasecode.conversion.convert import Calibrated, SpikingModel
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import WindowNLL, perplexity
+from phasecode.inference.nll import WindowNLL, perplexity
 
 
 def task_scorer(

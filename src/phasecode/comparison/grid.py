@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from itertools import groupby
 
+from phasecode.coding.allocation import TTFS_TIMESTEPS
 from phasecode.conversion.convert import Calibrated, SpikingModel, calibrate, fit_spiking
 from phasecode.errors import PhasecodeError
-from phasecode.fitting import METHODS, FitSettings, SamplingSettings
+from phasecode.inference.prefix_choice import AUTO, NO_PREFIX
 from phasecode.models.quantize import check_weight_bits
+from phasecode.settings import METHODS, FitSettings, SamplingSettings
 from phasecode.training.alternating import TrainConfig
 
-TTFS_TIMESTEPS = 128  # App. D.1: TTFSFormer is compared at its own T = 128
 NAMES = {
     "mgpc": "Ours",
     "las": "LAS",
@@ -150,7 +151,7 @@ def calibrations(
                 tokenizer,
                 sampling,
                 rotate,
-                3 if prefix else None,
+                AUTO if prefix else NO_PREFIX,
                 lm_head,
                 progress=False,
                 weight_bits=bits,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from phasecode.models.adapters import adapter_for, submodule
+from phasecode.models.adapters import adapter_for
+from phasecode.models.sites import SiteKey
 
 
 class ChannelPeaks:
@@ -25,10 +26,10 @@ class ChannelPeaks:
         self.up: list[Tensor | None] = [None] * layers
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
-        layer, _, kind = site.partition(".")[2].partition(".")
-        if kind in ("silu", "up"):
-            peaks = getattr(self, kind)
-            index = int(layer)
+        key = SiteKey.parse(site)
+        if key.kind in ("silu", "up"):
+            peaks = getattr(self, key.kind)
+            index = key.layer
             current = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
             old = peaks[index]
             peaks[index] = current if old is None else torch.maximum(old, current)
@@ -45,9 +46,8 @@ def fold_up_scales(model: nn.Module, scales: Tensor) -> None:
     """up_proj's output channel c multiplied by s_c in every layer (weights and bias)."""
     adapter = adapter_for(model)
     with torch.no_grad():
-        for i in range(adapter.num_layers(model)):
-            up = submodule(model, adapter.layer_path(i, adapter.up))
-            s = scales[i].to(up.weight.dtype)
+        for i, up in enumerate(adapter.per_layer(model, adapter.up)):
+            s = scales[i].to(up.weight.device, up.weight.dtype)
             up.weight.mul_(s[:, None])
             if up.bias is not None:
                 up.bias.mul_(s)

@@ -1,12 +1,13 @@
 """The conversion lifecycle: prepare outliers → calibrate every site → train → spiking model.
 
-1. Hadamard rotation (fold norms, rotate the residual stream, online rotation before
-   ``down_proj``), optionally weight quantization of the rotated decoder linears
-   (``models/quantize.py``), and the prefix of outlier tokens, computed once by that ANN;
+1. the prefix chosen by measurement (``inference/prefix_choice.py``); Hadamard rotations
+   (fold norms, rotate the residual stream, online rotation before ``down_proj``, per-head
+   rotations of Q/K after RoPE and of V), optionally weight quantization of the rotated
+   decoder linears (``models/quantize.py``); the prefix's KV cache computed once by that ANN;
 2. optionally the SiLU·up operands balanced per channel (``balance.py``); calibration windows run
    through the model with an ``Observer`` on every site (after the prefix, so no site sees
    the prefix tokens' massive activations; their cached K/V pass the k/v neurons on use);
-3. all neurons trained in one batch (``fitting.fit_codes``);
+3. all neurons trained in one batch (``training.fit.fit_codes``);
 4. the result is a ``SpikingModel`` whose ``coded()`` surgery is the fast equivalent path.
 A converted model is fully described by its ``ConversionSpec`` and code table, so an artifact
 stores only those and rebuilds the rest from the base model on load.
@@ -20,31 +21,32 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import Tensor
 
+from phasecode.calibration.histograms import site_histograms
+from phasecode.calibration.sampling import split_samples
 from phasecode.calibration.text import read_texts, token_batches
 from phasecode.coding.table import CodeTable
 from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
 from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
 from phasecode.conversion.surgery import SpikingSurgery
-from phasecode.evaluation.perplexity import perplexity
-from phasecode.evaluation.prefix import (
-    Prefix,
-    build_prefix,
-    find_outlier_tokens,
-    prefix_token_ids,
+from phasecode.inference.nll import perplexity
+from phasecode.inference.prefix import Prefix, build_prefix
+from phasecode.inference.prefix_choice import (
+    AUTO,
+    SELECTION_WINDOWS,
+    PrefixRequest,
+    choose_prefix,
+    measure_prefix,
 )
-from phasecode.fitting import (
-    FitSettings,
-    SamplingSettings,
-    fit_codes,
-    score_sites,
-    split_samples,
-)
+from phasecode.models.adapters import adapter_for
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
-from phasecode.models.rotation import rotate_model
-from phasecode.models.sites import spiking_sites
+from phasecode.models.rotation import fold_value_rotation, head_rotation, rotate_model
+from phasecode.models.sites import site_kind, spiking_sites
+from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.training.fit import fit_codes, score_sites
 
 BALANCE_WINDOWS = 4  # calibration windows used to measure the per-channel operand ranges
+PROFILE_POSITIONS = 64  # positions kept in the outlier picture
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,27 @@ class ConversionSpec:
     lm_head: bool = True
     balance: bool = False  # SiLU·up operand balancing (conversion/balance.py), opt-in
     weight_bits: int | None = None  # decoder linears fake-quantized to 8 or 4 bits; None: full
+    # per-head Hadamard on Q and K after RoPE (online) and on V (folded into v/o_proj)
+    rotate_heads: bool = False
 
     def __post_init__(self) -> None:
         check_weight_bits(self.weight_bits)
+
+
+@dataclass
+class Prepared:
+    """What preparing a model adds besides its rewritten weights: the online rotations, the
+    prefix cache and the SiLU·up balancing scales; the surgery needs all of them."""
+
+    down_rotation: OnlineRotation | None = None
+    head_rotation: OnlineRotation | None = None
+    prefix: Prefix | None = None
+    silu_scales: Tensor | None = None
+
+    def surgery(self, model, handler: SiteHandler, lm_head: bool) -> SpikingSurgery:
+        return SpikingSurgery(
+            model, handler, self.down_rotation, lm_head, self.silu_scales, self.head_rotation
+        )
 
 
 @dataclass
@@ -74,12 +94,27 @@ class SpikingModel:
     spec: ConversionSpec
     table: CodeTable
     sites: list[str]
-    down_rotation: OnlineRotation | None
-    prefix: Prefix | None
+    prepared: Prepared
     report: dict = field(default_factory=dict)
-    silu_scales: Tensor | None = None
     loss_curve: Tensor | None = None  # [S, steps] of training (Figure 4); None once reloaded
     loss_phases: list[str] = field(default_factory=list)
+    histograms: dict[str, Tensor] = field(default_factory=dict)  # of the calibration samples
+
+    @property
+    def prefix(self) -> Prefix | None:
+        return self.prepared.prefix
+
+    @property
+    def down_rotation(self) -> OnlineRotation | None:
+        return self.prepared.down_rotation
+
+    @property
+    def head_rotation(self) -> OnlineRotation | None:
+        return self.prepared.head_rotation
+
+    @property
+    def silu_scales(self) -> Tensor | None:
+        return self.prepared.silu_scales
 
     def coded(self, mask_strength: int = 0) -> SpikingSurgery:
         """The fast equivalent path: every site replaced by its neuron's value (with spike
@@ -98,33 +133,33 @@ class SpikingModel:
         return self.surgery(Passthrough())
 
     def surgery(self, handler: SiteHandler) -> SpikingSurgery:
-        """Any handler on this model's sites, with its rotation and balancing."""
-        return SpikingSurgery(
-            self.model, handler, self.down_rotation, self.spec.lm_head, self.silu_scales
-        )
+        """Any handler on this model's sites, with its rotations and balancing."""
+        return self.prepared.surgery(self.model, handler, self.spec.lm_head)
 
 
-def prepare(
-    model, spec: ConversionSpec, silu_scales: Tensor | None = None
-) -> tuple[OnlineRotation | None, Prefix | None]:
-    """Apply the spec's rotation, weight quantization (of the rotated weights) and the given
+def prepare(model, spec: ConversionSpec, silu_scales: Tensor | None = None) -> Prepared:
+    """Apply the spec's rotations, weight quantization (of the rotated weights) and the given
     balancing in place, in that order on conversion and on load; build the prefix cache."""
-    down = None
+    prepared = Prepared(silu_scales=silu_scales)
     if spec.rotate:
-        rotate_model(model, spec.rotation_seed, online_down=True)
-        down = OnlineRotation(model.config.intermediate_size, spec.rotation_seed)
+        prepared.down_rotation = rotate_model(model, spec.rotation_seed, online_down=True)
+    if spec.rotate_heads:
+        fold_value_rotation(model, spec.rotation_seed)
+        head_dim = adapter_for(model).head_dim(model.config)
+        prepared.head_rotation = head_rotation(head_dim, spec.rotation_seed)
     if spec.weight_bits is not None:
         quantize_model(model, spec.weight_bits)
     if silu_scales is not None:
         fold_up_scales(model, silu_scales)
-    return down, prepare_prefix(model, spec, down, silu_scales)
+    prepared.prefix = prepare_prefix(model, spec, prepared)
+    return prepared
 
 
-def prepare_prefix(model, spec: ConversionSpec, down, silu_scales) -> Prefix | None:
+def prepare_prefix(model, spec: ConversionSpec, prepared: Prepared) -> Prefix | None:
     """The prefix's KV cache, computed once by the prepared ANN (no neurons)."""
     if not spec.prefix_tokens:
         return None
-    with SpikingSurgery(model, Passthrough(), down, False, silu_scales):
+    with prepared.surgery(model, Passthrough(), lm_head=False):
         return build_prefix(model, list(spec.prefix_tokens))
 
 
@@ -136,13 +171,12 @@ class Calibrated:
     tokenizer: object
     spec: ConversionSpec  # method/timesteps/grains are filled in by ``fit_spiking``
     sites: list[str]
-    down_rotation: OnlineRotation | None
-    prefix: Prefix | None
-    silu_scales: Tensor | None
+    prepared: Prepared
     train: torch.Tensor  # [S, N]
     heldout: torch.Tensor  # [S, N]
     seconds: float
-    outliers: list[dict]
+    prefix_choice: dict  # why the prefix is what it is (``PrefixChoice.report``)
+    outliers_profile: dict  # ``outlier_profile``: the report's outlier picture
 
 
 def calibrate(
@@ -150,24 +184,33 @@ def calibrate(
     tokenizer,
     sampling: SamplingSettings,
     rotate: bool = True,
-    prefix_top: int | None = 3,
+    prefix: PrefixRequest = AUTO,
     lm_head: bool = True,
     progress: bool = True,
     balance: bool = False,
     weight_bits: int | None = None,
+    rotate_heads: bool | None = None,
 ) -> Calibrated:
-    """Steps 1-2: rotation, weight quantization and prefix (``model`` is modified in place),
-    then site samples of the model as prepared (so quantized weights shape the samples)."""
+    """Steps 1-2: prefix choice, rotations, weight quantization (``model`` is modified in
+    place), then site samples of the model as prepared (so quantized weights shape them).
+    ``rotate_heads`` (default: as ``rotate``) switches the per-head Q/K/V rotations apart."""
     check_weight_bits(weight_bits)
     start = time.perf_counter()
     texts = read_texts(sampling.calibration)
     windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
-    prefix_tokens: tuple[int, ...] = ()
-    outliers = []
-    if prefix_top is not None:
-        search = find_outlier_tokens(model, tokenizer, windows, prefix_top, progress=progress)
-        prefix_tokens = tuple(prefix_token_ids(tokenizer, search.token_ids))
-        outliers = [asdict(t) for t in search.tokens[: 2 * prefix_top]]
+    windows = windows.to(next(model.parameters()).device)
+    if prefix.mode == "auto":
+        choice = choose_prefix(model, tokenizer, windows, progress=progress)
+        prefix_tokens, prefix_report = choice.token_ids, choice.report()
+        before = choice.plain_peaks
+    else:
+        if prefix.mode == "none":
+            prefix_tokens, why = (), "no prefix (--no-prefix)"
+        else:
+            prefix_tokens = prefix.given_ids(tokenizer, model.config.vocab_size)
+            why = f"given ({prefix.mode})"
+        prefix_report = {"chosen": list(prefix_tokens), "reason": why}
+        before = measure_prefix(model, windows[:SELECTION_WINDOWS], ())[1]
     spec = ConversionSpec(
         rotate=rotate,
         rotation_seed=sampling.seed,
@@ -175,33 +218,54 @@ def calibrate(
         lm_head=lm_head,
         balance=balance,
         weight_bits=weight_bits,
+        rotate_heads=rotate if rotate_heads is None else rotate_heads,
     )
-    down, prefix = prepare(model, spec)
-    scales = None
+    prepared = prepare(model, spec)
     if balance:
         peaks = ChannelPeaks(model.config.num_hidden_layers)
-        with SpikingSurgery(model, peaks, down, False):
-            perplexity(model, windows[:BALANCE_WINDOWS], prefix, progress=False)
-        scales = peaks.scales()
-        fold_up_scales(model, scales)
-        prefix = prepare_prefix(model, spec, down, scales)  # exactly as on load
+        with prepared.surgery(model, peaks, lm_head=False):
+            perplexity(model, windows[:BALANCE_WINDOWS], prepared.prefix, progress=False)
+        prepared.silu_scales = peaks.scales()
+        fold_up_scales(model, prepared.silu_scales)
+        prepared.prefix = prepare_prefix(model, spec, prepared)  # exactly as on load
     sites = [s.name for s in spiking_sites(model, lm_head)]
     observer = Observer(sites, 2 * sampling.samples, sampling.seed)
-    with SpikingSurgery(model, observer, down, lm_head, scales):
-        perplexity(model, windows, prefix, progress=progress)
+    with prepared.surgery(model, observer, lm_head):
+        perplexity(model, windows, prepared.prefix, progress=progress)
     train, heldout = split_samples(observer.samples(), sites, sampling)
     seconds = time.perf_counter() - start
+    after = torch.stack([observer.down_peaks[s] for s in sites if site_kind(s) == "down"])
+    outliers = outlier_profile(before.amax(1), after, len(prefix_tokens))
     return Calibrated(
-        model, tokenizer, spec, sites, down, prefix, scales, train, heldout, seconds, outliers
+        model, tokenizer, spec, sites, prepared, train, heldout, seconds, prefix_report, outliers
     )
+
+
+def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:
+    """Peak |x| at the down_proj inputs per layer and position, for the report's outlier
+    picture: the plain model's (position 0 is the window's first token) against the prepared
+    model's after rotation and prefix (positions of the window, after the prefix)."""
+    positions = min(PROFILE_POSITIONS, before.shape[-1], after.shape[-1])
+    return {
+        "site": "down_proj input",
+        "positions": list(range(positions)),
+        "before": before[:, :positions].tolist(),
+        "after": after[:, :positions].tolist(),
+        "after_label": f"after rotation + prefix ({prefix_length} tokens)",
+    }
 
 
 def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True) -> SpikingModel:
     """Step 3: train (or set) one neuron per site and score it on the held-out samples."""
     c = calibrated
     spec = replace(c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains)
-    result = fit_codes(c.train, fit, progress)
-    scores = score_sites(result.table, c.train, c.heldout)
+    device = next(c.model.parameters()).device  # train where the model runs (a GPU: faster)
+    train, heldout = c.train.to(device), c.heldout.to(device)
+    result = fit_codes(train, fit, progress)
+    scores = score_sites(result.table, train, heldout)
+    table = result.table.to(device="cpu")
+    curve = result.loss_curve.cpu() if result.loss_curve is not None else None
+    prefix = c.prepared.prefix
     report = {
         "sites": [
             {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
@@ -210,21 +274,21 @@ def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True)
         "mean_ratio": float(scores["ratio"].mean()),
         "seconds": {"calibration": c.seconds, "training": result.seconds},
         "spec": asdict(spec),
-        "outlier_tokens": c.outliers,
-        "prefix_seconds": c.prefix.seconds if c.prefix is not None else 0.0,
+        "prefix_choice": c.prefix_choice,
+        "outliers_profile": c.outliers_profile,
+        "prefix_seconds": prefix.seconds if prefix is not None else 0.0,
     }
     return SpikingModel(
         c.model,
         c.tokenizer,
         spec,
-        result.table,
+        table,
         c.sites,
-        c.down_rotation,
-        c.prefix,
+        c.prepared,
         report,
-        c.silu_scales,
-        result.loss_curve,
+        curve,
         result.loss_phases,
+        site_histograms(torch.cat([c.train, c.heldout], 1)),
     )
 
 
@@ -237,7 +301,7 @@ def convert(
     **preparation,
 ) -> SpikingModel:
     """Convert ``model`` (modified in place) into a spiking model; see the module docstring.
-    ``preparation`` holds ``calibrate``'s options (rotate, prefix_top, lm_head, balance,
+    ``preparation`` holds ``calibrate``'s options (rotate, prefix, lm_head, balance,
     weight_bits), passed through unchanged."""
     calibrated = calibrate(model, tokenizer, sampling, progress=progress, **preparation)
     return fit_spiking(calibrated, fit, progress)

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from phasecode.calibration.reservoir import Reservoir
-from phasecode.coding.neuron import fast_site_value, mask_window
+from phasecode.coding.neuron import fast_site_value, firing_dtype, mask_window
 from phasecode.coding.table import CodeTable
+from phasecode.models.sites import site_kind
 
 
 class SiteHandler(Protocol):
@@ -38,12 +39,18 @@ class Observer:
 
     def __init__(self, sites: list[str], samples: int, seed: int = 0):
         self.reservoirs = {name: Reservoir(samples, name, seed) for name in sites}
+        self.down_peaks: dict[str, Tensor] = {}  # per down site: max |x| per position
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
         reservoir = self.reservoirs.get(site)
         if reservoir is not None:
             values = x.detach()
-            reservoir.push(values[values != 0] if site.endswith(".probs") else values)
+            kind = site_kind(site)
+            reservoir.push(values[values != 0] if kind == "probs" else values)
+            if kind == "down":  # the outlier picture after rotation and prefix
+                peak = values.abs().amax(-1).reshape(-1, values.shape[-2]).amax(0).float().cpu()
+                old = self.down_peaks.get(site)
+                self.down_peaks[site] = peak if old is None else torch.maximum(old, peak)
         return x
 
     def samples(self) -> dict[str, Tensor]:
@@ -66,10 +73,15 @@ class Coder:
         mask_window(table.timesteps, mask_strength)  # validate now, not at the first site
         self.rows = {name: table.select(i) for i, name in enumerate(sites)}
         self.compiled, self.mask_strength = compiled, mask_strength
+        self._placed: dict[tuple[str, torch.device, torch.dtype], CodeTable] = {}
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
         row = self.rows.get(site)
         if row is None:
             return x
+        key = (site, x.device, firing_dtype(x.dtype))
+        placed = self._placed.get(key)
+        if placed is None:  # one copy per device and dtype, not one per call
+            placed = self._placed[key] = row.to(key[2], x.device)
         with torch.no_grad():
-            return fast_site_value(x, row, self.compiled, self.mask_strength)
+            return fast_site_value(x, placed, self.compiled, self.mask_strength)

@@ -12,23 +12,29 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from phasecode.artifacts import load_artifact, save_artifact
 from phasecode.coding.table import CodeTable
 from phasecode.conversion.convert import ConversionSpec, SpikingModel, prepare
 from phasecode.errors import PhasecodeError
+from phasecode.models.devices import DTYPES
 from phasecode.models.loading import load_model, model_fingerprint
 from phasecode.models.precision import to_float64
+from phasecode.models.sites import spiking_sites
 
 KIND = "spiking-model"
 
 
 def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> None:
-    """Write the artifact; ``base`` is {"name", "fingerprint"} of the unmodified base model."""
+    """Write the artifact; ``base`` is {"name", "fingerprint", "dtype"} of the unmodified base
+    model (``base_record``)."""
     tensors = spiking.table.to_tensors()
     if spiking.silu_scales is not None:
         tensors["silu_scales"] = spiking.silu_scales.contiguous()
     if spiking.loss_curve is not None:
         tensors["loss_curve"] = spiking.loss_curve.contiguous()
+    tensors.update(spiking.histograms)  # for the report's Fig. 1/3 (``phasecode report``)
     metadata = {
         "kind": KIND,
         "spec": asdict(spiking.spec),
@@ -39,6 +45,19 @@ def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> No
         "loss_phases": spiking.loss_phases,
     }
     save_artifact(directory, tensors, metadata)
+
+
+def _check_consistent(tensors: dict, metadata: dict) -> None:
+    """The spec, the site list and the code table must describe the same neurons."""
+    spec = metadata["spec"]
+    table = CodeTable.from_tensors(tensors, metadata["allocation"])
+    if table.timesteps != spec["timesteps"]:
+        raise ValueError(f"spec says T={spec['timesteps']}, the table has {table.timesteps}")
+    if table.sites != len(metadata["sites"]):
+        raise ValueError(f"{len(metadata['sites'])} sites for {table.sites} table rows")
+    for allocation in table.allocations or []:
+        if sum(allocation) != spec["timesteps"] or len(allocation) > spec["grains"]:
+            raise ValueError(f"allocation {allocation} disagrees with T and grains")
 
 
 def read_spiking_metadata(directory: str | Path) -> dict:
@@ -52,23 +71,59 @@ def read_spiking_metadata(directory: str | Path) -> dict:
     return metadata
 
 
+def load_base_model(metadata: dict, device: str = "cpu", dtype: torch.dtype | None = None):
+    """The artifact's base model and tokenizer, checked against its fingerprint in the dtype
+    it was converted in, then cast to ``dtype`` (None: keep that dtype) on ``device``."""
+    base = metadata["base_model"]
+    converted = DTYPES[base.get("dtype", "float32")]
+    model, tokenizer = load_model(base["name"], dtype=converted, device=device)
+    check_fingerprint(model, base)
+    if dtype is not None and dtype != converted:
+        model.to(dtype)
+    model.phasecode_checked = base["fingerprint"]
+    return model, tokenizer
+
+
+def check_fingerprint(model, base: dict) -> None:
+    """Refuse a base model whose weights are not those the neurons were trained for."""
+    expected = base["fingerprint"]
+    if getattr(model, "phasecode_checked", None) == expected:
+        return  # checked on load, before a cast changed the weights' dtype
+    found = model_fingerprint(model)
+    if found != expected:
+        raise PhasecodeError(
+            f"the artifact was made from base model {base['name']} (fingerprint "
+            f"{expected[:12]}); refusing to apply it to a different model (fingerprint "
+            f"{found[:12]})"
+        )
+
+
 def load_spiking(
-    directory: str | Path, model=None, tokenizer=None, float64: bool = False
+    directory: str | Path,
+    model=None,
+    tokenizer=None,
+    float64: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> SpikingModel:
-    """Rebuild a spiking model from an artifact and its base model (loaded unless given);
-    ``float64`` casts the checked base model to float64 end to end (``models.precision``)."""
+    """Rebuild a spiking model from an artifact and its base model (loaded unless given, on
+    ``device`` in ``dtype``); ``float64`` casts the checked base model to float64 end to end
+    (``models.precision``)."""
     metadata = read_spiking_metadata(directory)
     if model is None:
-        model, tokenizer = load_model(metadata["base_model"]["name"])
-    tensors, metadata = load_artifact(directory, expected_fingerprint=model_fingerprint(model))
+        model, tokenizer = load_base_model(metadata, device, dtype)
+    check_fingerprint(model, metadata["base_model"])
+    tensors, metadata = load_artifact(directory, check=_check_consistent)
     if float64:
         to_float64(model)
     spec_fields = dict(metadata["spec"])
     spec_fields["prefix_tokens"] = tuple(spec_fields["prefix_tokens"])
     spec = ConversionSpec(**spec_fields)
     table = CodeTable.from_tensors(tensors, metadata["allocation"])
-    scales = tensors.get("silu_scales")
-    down, prefix = prepare(model, spec, scales)
+    expected = [site.name for site in spiking_sites(model, spec.lm_head)]
+    if metadata["sites"] != expected:
+        raise PhasecodeError(f"corrupt artifact: {directory}: its sites are not this model's")
+    prepared = prepare(model, spec, tensors.get("silu_scales"))
     return SpikingModel(
-        model, tokenizer, spec, table, metadata["sites"], down, prefix, metadata["report"], scales
+        model, tokenizer, spec, table, metadata["sites"], prepared, metadata["report"]
     )

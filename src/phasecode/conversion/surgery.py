@@ -23,8 +23,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from phasecode.conversion.handlers import SiteHandler
-from phasecode.models.adapters import Adapter, adapter_for, submodule
-from phasecode.models.sites import LM_HEAD
+from phasecode.models.adapters import Adapter, adapter_for
+from phasecode.models.sites import LM_HEAD, site_name
 
 ATTENTION_KEY = "phasecode"
 
@@ -41,10 +41,13 @@ def spiking_attention(
 ) -> tuple[Tensor, Tensor]:
     """Eager attention with neurons on Q, K, V and the probabilities (App. B, Eq. 50-51)."""
     handler: SiteHandler = module.phasecode_handler
-    prefix = f"layers.{module.layer_idx}."
-    query = handler(prefix + "q", query)
-    key = handler(prefix + "k", key)
-    value = handler(prefix + "v", value)
+    rotation = module.phasecode_head_rotation
+    if rotation is not None:  # per-head Hadamard after RoPE: (QH)(KH)ᵀ = QKᵀ
+        query, key = rotation(query), rotation(key)
+    layer = module.layer_idx
+    query = handler(site_name(layer, "q"), query)
+    key = handler(site_name(layer, "k"), key)
+    value = handler(site_name(layer, "v"), value)
     groups = module.num_key_value_groups
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
@@ -52,7 +55,7 @@ def spiking_attention(
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = handler(prefix + "probs", probs)
+    probs = handler(site_name(layer, "probs"), probs)
     out = (probs @ value).transpose(1, 2).contiguous()
     return out, probs
 
@@ -62,7 +65,8 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_KEY, eager_mask)
 
 
 def spiking_mlp_forward(
-    mlp: nn.Module,
+    adapter: Adapter,
+    layer_module: nn.Module,
     handler: SiteHandler,
     layer: int,
     down_rotation: Callable[[Tensor], Tensor] | None,
@@ -74,17 +78,16 @@ def spiking_mlp_forward(
     ``silu_scale`` (per channel) divides the SiLU output when the product is balanced (its
     inverse is folded into up_proj, see ``conversion/balance.py``); SiLU(·)/s is still an
     element-wise function, run by accumulate-difference like SiLU itself."""
-    site = f"layers.{layer}."
-    x = handler(site + "gate_up", x)
-    a = mlp.act_fn(mlp.gate_proj(x))
+    x = handler(site_name(layer, "gate_up"), x)
+    a = adapter.act_fn(layer_module)(adapter.part(layer_module, adapter.gate)(x))
     if silu_scale is not None:
-        a = a / silu_scale.to(a.dtype)
-    a = handler(site + "silu", a)
-    b = handler(site + "up", mlp.up_proj(x))
+        a = a / silu_scale.to(a.device, a.dtype)
+    a = handler(site_name(layer, "silu"), a)
+    b = handler(site_name(layer, "up"), adapter.part(layer_module, adapter.up)(x))
     product = a * b
     if down_rotation is not None:
         product = down_rotation(product)
-    return mlp.down_proj(handler(site + "down", product))
+    return adapter.part(layer_module, adapter.down)(handler(site_name(layer, "down"), product))
 
 
 class SpikingSurgery:
@@ -97,11 +100,12 @@ class SpikingSurgery:
         down_rotation: Callable[[Tensor], Tensor] | None = None,
         lm_head: bool = True,
         silu_scales: Tensor | None = None,
+        head_rotation: Callable[[Tensor], Tensor] | None = None,
     ):
         self.model, self.handler = model, handler
         self.adapter: Adapter = adapter_for(model)
         self.down_rotation, self.lm_head = down_rotation, lm_head
-        self.silu_scales = silu_scales
+        self.silu_scales, self.head_rotation = silu_scales, head_rotation
         self._handles: list = []
         self._patched: list[nn.Module] = []
         self._previous_attention: tuple[str | None] | None = None  # set while installed
@@ -118,19 +122,21 @@ class SpikingSurgery:
         model, adapter, handler = self.model, self.adapter, self.handler
         self._previous_attention = (model.config._attn_implementation,)
         model.config._attn_implementation = ATTENTION_KEY
-        for i in range(adapter.num_layers(model)):
-            attention = submodule(model, adapter.layer_path(i, adapter.attention))
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            attention = adapter.part(layer, adapter.attention)
             attention.phasecode_handler = handler
+            attention.phasecode_head_rotation = self.head_rotation
             self._patched.append(attention)
-            self._pre_hook(attention, _kwarg_site(handler, f"layers.{i}.qkv"), with_kwargs=True)
-            o_proj = submodule(model, adapter.layer_path(i, adapter.o))
-            self._pre_hook(o_proj, _arg_site(handler, f"layers.{i}.o"))
-            mlp = submodule(model, adapter.layer_path(i, adapter.mlp))
+            self._pre_hook(attention, _kwarg_site(handler, site_name(i, "qkv")), with_kwargs=True)
+            self._pre_hook(adapter.part(layer, adapter.o), _arg_site(handler, site_name(i, "o")))
+            mlp = adapter.part(layer, adapter.mlp)
             scale = None if self.silu_scales is None else self.silu_scales[i]
-            mlp.forward = partial(spiking_mlp_forward, mlp, handler, i, self.down_rotation, scale)
+            mlp.forward = partial(
+                spiking_mlp_forward, adapter, layer, handler, i, self.down_rotation, scale
+            )
             self._patched.append(mlp)
         if self.lm_head:
-            head = submodule(model, adapter.lm_head)
+            head = adapter.module(model, adapter.lm_head)
             self._pre_hook(head, _arg_site(handler, LM_HEAD))
 
     def _pre_hook(self, module: nn.Module, fn, with_kwargs: bool = False) -> None:
@@ -140,7 +146,7 @@ class SpikingSurgery:
         for handle in self._handles:
             handle.remove()
         for module in self._patched:
-            for name in ("phasecode_handler", "forward"):
+            for name in ("phasecode_handler", "phasecode_head_rotation", "forward"):
                 module.__dict__.pop(name, None)
         if self._previous_attention is not None:
             self.model.config._attn_implementation = self._previous_attention[0]

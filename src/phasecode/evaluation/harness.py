@@ -33,6 +33,7 @@ from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
 
 MODEL_NAME = "phasecode"
+CONTEXT_FALLBACK = 2048  # context length of a config that states none
 DEFAULT_BATCH_SIZE = 16
 TASK_CONFIGS = Path(__file__).parent / "tasks" / "configs"
 _TRUE = {"true", "1", "yes", "on"}
@@ -54,19 +55,30 @@ class PhasecodeLM(TemplateLM):
         progress: bool = True,
         max_batch_size: int | None = None,
         device: str | None = None,
+        dtype: str | None = None,
     ) -> None:
         """Load the artifact (with its base model) unless a SpikingModel is given.
 
-        ``max_batch_size`` and ``device`` come from lm-eval's CLI (which passes a default
-        device of its own) and are ignored: the model stays where ``load_model`` put it.
+        ``device`` is lm-eval's --device (None, or its default cuda:0 on a machine without a
+        GPU: a GPU if there is one, else the CPU), ``dtype`` a model
+        argument (default: the dtype the artifact was converted in); ``max_batch_size`` comes
+        from lm-eval's CLI and is ignored.
         """
         super().__init__()
         if spiking is None:
             if artifact is None:
                 raise PhasecodeError("the phasecode model needs model_args artifact=DIR")
             from phasecode.conversion.store import load_spiking
+            from phasecode.models.devices import resolve_device, resolve_dtype
 
-            spiking = load_spiking(Path(artifact).expanduser())
+            if device and device.startswith("cuda") and not torch.cuda.is_available():
+                device = None  # lm-eval's config defaults to cuda:0 even where there is none
+            where = resolve_device(device or "auto")
+            spiking = load_spiking(
+                Path(artifact).expanduser(),
+                device=where,
+                dtype=resolve_dtype(dtype, where) if dtype else None,
+            )
         self.spiking = spiking
         self.analog = _flag("analog", analog)
         self.batch_size = _batch_size(batch_size)
@@ -105,7 +117,7 @@ class PhasecodeLM(TemplateLM):
     @property
     def max_length(self) -> int:
         """Positions left after the prefix."""
-        positions = getattr(self.spiking.model.config, "max_position_embeddings", 2048)
+        positions = getattr(self.spiking.model.config, "max_position_embeddings", CONTEXT_FALLBACK)
         return positions - self._prefix_len
 
     @property

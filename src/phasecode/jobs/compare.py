@@ -16,11 +16,13 @@ from tqdm.auto import tqdm
 
 from phasecode.comparison.evaluate import evaluate_cell, task_scorer
 from phasecode.comparison.grid import calibrations, cell_id, digest
-from phasecode.comparison.options import CompareSettings
+from phasecode.comparison.settings import CompareSettings
 from phasecode.comparison.store import ResultStore
 from phasecode.comparison.tables import markdown
-from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.evaluation.perplexity import load_corpus, token_windows
+from phasecode.inference.nll import perplexity
+from phasecode.models.loading import model_fingerprint
+from phasecode.models.placement import load_placed
 
 ANN_CONTEXT = ("model", "fingerprint", "corpus", "seq_len", "windows")  # what the ANN row needs
 
@@ -31,10 +33,9 @@ def compare_job(settings: CompareSettings, out: Path, progress: bool = True) -> 
     tasks, score = task_scorer(settings.tasks, settings.task_limit)
     settings = replace(settings, tasks=tasks)
     store = ResultStore(out / "results.json")
-    model, tokenizer = load_model(settings.model)
-    windows = token_windows(
-        tokenizer, load_corpus(settings.corpus), settings.seq_len, settings.limit
-    )
+    corpus = load_corpus(settings.corpus)
+    model, tokenizer = load_placed(settings.model, settings.placement)
+    windows = token_windows(tokenizer, corpus, settings.seq_len, settings.limit)
     context = _context(settings, model_fingerprint(model), len(windows))
     ann_context = {k: v for k, v in context.items() if k in ANN_CONTEXT}
     ann_key = f"ann-{digest(ann_context)}"
@@ -47,7 +48,7 @@ def compare_job(settings: CompareSettings, out: Path, progress: bool = True) -> 
     del model
 
     def load():
-        return fresh.pop() if fresh else load_model(settings.model)
+        return fresh.pop() if fresh else load_placed(settings.model, settings.placement)
 
     prepared: dict[tuple, float] = {}  # prepared-ANN perplexity per calibration group
     bar = tqdm(total=len(todo), desc="compare", unit="cell", disable=not progress)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from phasecode.conversion.convert import SpikingModel, convert
 from phasecode.conversion.store import save_spiking
-from phasecode.fitting import FitSettings, SamplingSettings
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.inference.prefix_choice import AUTO, PrefixRequest
+from phasecode.models.loading import base_record, model_reference
+from phasecode.models.placement import CPU, Placement, load_placed
+from phasecode.models.sites import site_kind
+from phasecode.settings import FitSettings, SamplingSettings
 
 
 def convert_job(
@@ -17,15 +20,16 @@ def convert_job(
     sampling: SamplingSettings,
     out: Path,
     rotate: bool = True,
-    prefix: bool = True,
+    prefix: PrefixRequest = AUTO,
     lm_head: bool = True,
     progress: bool = True,
     balance: bool = False,
     weight_bits: int | None = None,
+    placement: Placement = CPU,
 ) -> SpikingModel:
     """Load, convert, save; prints the per-site-type summary."""
-    model, tokenizer = load_model(model_name)
-    base = {"name": model_name, "fingerprint": model_fingerprint(model)}
+    model, tokenizer = load_placed(model_name, placement)
+    base = base_record(model_reference(model_name), model)
     spiking = convert(
         model,
         tokenizer,
@@ -33,7 +37,7 @@ def convert_job(
         sampling,
         progress,
         rotate=rotate,
-        prefix_top=3 if prefix else None,
+        prefix=prefix,
         lm_head=lm_head,
         balance=balance,
         weight_bits=weight_bits,
@@ -48,13 +52,15 @@ def format_conversion(report: dict) -> str:
     """Mean held-out MSE and Lloyd-Max ratio per site kind, and the time split."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in report["sites"]:
-        groups[row["name"].rsplit(".", 1)[-1]].append(row)
+        groups[site_kind(row["name"])].append(row)
     spec = report["spec"]
+    choice = report.get("prefix_choice", {})
     lines = [
         f"{spec['method']}  T={spec['timesteps']}  grains={spec['grains']}  "
         f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}  "
         f"balance={spec.get('balance', False)}  "
         f"weight_bits={spec.get('weight_bits') or 'full'}",
+        f"prefix: {choice.get('reason', '?')}",
         f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}",
     ]
     for kind, rows in groups.items():

@@ -12,10 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from phasecode.coding.neuron import mask_window
-from phasecode.conversion.store import load_spiking, read_spiking_metadata
-from phasecode.evaluation.perplexity import load_corpus, perplexity, token_windows
+from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
+from phasecode.evaluation.perplexity import load_corpus, token_windows
+from phasecode.inference.nll import perplexity
 from phasecode.jobs.simulate import sample_tokens, simulate
-from phasecode.models.loading import load_model
+from phasecode.models.placement import CPU, Placement
 from phasecode.simulation.counting import Counter, OpCount
 from phasecode.simulation.energy import costs_dict, load_costs, summary
 
@@ -29,14 +30,16 @@ def energy_job(
     seq_len: int = 512,
     progress: bool = True,
     text: str = "wikitext2",
+    placement: Placement = CPU,
 ) -> dict:
     """Counts and energy on ``tokens`` tokens of ``text`` (a corpus name or a file), and the
     perplexity ratios on its first ``windows`` windows."""
     cost_table = load_costs(costs)
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)  # fail before any heavy work
-    model, tokenizer = load_model(metadata["base_model"]["name"])
-    ppl_windows = token_windows(tokenizer, load_corpus(text), seq_len, windows)
+    corpus = load_corpus(text)
+    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype)
+    ppl_windows = token_windows(tokenizer, corpus, seq_len, windows)
     ann_ppl = perplexity(model, ppl_windows, progress=progress).ppl
     spiking = load_spiking(artifact, model, tokenizer)
     ids = sample_tokens(spiking, tokens, text)

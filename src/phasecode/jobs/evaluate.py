@@ -3,19 +3,16 @@ zero-shot accuracy of the prepared ANN and the spiking model on the same task ex
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from phasecode.conversion.store import load_spiking, read_spiking_metadata
+from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import (
-    check_seq_len,
-    load_corpus,
-    perplexity,
-    token_windows,
-)
+from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.evaluation.tasks import check_tasks, score_tasks
-from phasecode.models.loading import load_model
+from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len, perplexity
+from phasecode.models.placement import CPU, Placement
 
 CORPORA = ("wikitext2", "c4")
 
@@ -27,9 +24,10 @@ def evaluate_job(
     seq_len: int = 512,
     limit: int | None = None,
     progress: bool = True,
-    batch_size: int = 4,
+    batch_size: int = EVAL_BATCH_SIZE,
     tasks: list[str] | None = None,
     task_batch_size: int = 16,
+    placement: Placement = CPU,
 ) -> dict:
     """ANN on its own windows (the standard protocol), then the spiking model on the same
     windows after its prefix; also the prepared ANN with that prefix, so the prefix's own
@@ -42,9 +40,9 @@ def evaluate_job(
     if not corpora and not texts and not tasks:
         raise PhasecodeError("nothing to evaluate: give --ppl corpora, --text files or --tasks")
     metadata = read_spiking_metadata(artifact)
-    model, tokenizer = load_model(metadata["base_model"]["name"])
     sources = {name: load_corpus(name) for name in corpora}
     sources.update({str(path): load_corpus(str(path)) for path in texts})
+    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype)
     if sources:
         check_seq_len(model, seq_len, len(metadata["spec"]["prefix_tokens"]))
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
@@ -68,6 +66,7 @@ def evaluate_job(
             "windows": len(w),
             "seq_len": seq_len,
         }
+        warn_prefix_cost(k, ann[k].ppl, analog[k].ppl)
         report["seconds"]["ann"] += ann[k].seconds
         report["seconds"]["snn"] += snn[k].seconds
     if tasks:
@@ -82,6 +81,20 @@ def evaluate_job(
     report["spec"] = metadata["spec"]
     print(format_evaluation(report))
     return report
+
+
+PREFIX_WARNING = 0.01  # ANN + prefix this much worse than the ANN deserves a warning
+
+
+def warn_prefix_cost(corpus: str, ann: float, prefixed: float) -> None:
+    """The prefix must not change what the ANN predicts; say so when it does."""
+    if prefixed > (1 + PREFIX_WARNING) * ann:
+        print(
+            f"phasecode: warning: on {corpus} the ANN with the artifact's prefix is "
+            f"{prefixed / ann - 1:.1%} worse than the ANN ({prefixed:.3f} vs {ann:.3f}); "
+            "convert again with another --prefix, or let convert choose it",
+            file=sys.stderr,
+        )
 
 
 def format_evaluation(report: dict) -> str:

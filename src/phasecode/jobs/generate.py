@@ -18,18 +18,24 @@ from phasecode.coding.neuron import mask_window
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import check_seq_len
+from phasecode.inference.nll import check_seq_len
+from phasecode.models.placement import CPU, Placement
 from phasecode.simulation.network import SpikingSimulator
 
 
 @torch.no_grad()
 def greedy_fast(
-    spiking: SpikingModel, prompt: torch.Tensor, new_tokens: int, mask_strength: int = 0
+    spiking: SpikingModel,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    mask_strength: int = 0,
+    analog: bool = False,
 ) -> list[int]:
-    """Greedy continuation of ``prompt`` [1, S] by the fast path."""
+    """Greedy continuation of ``prompt`` [1, S] by the fast path (``analog``: by the
+    prepared ANN, for a side-by-side comparison)."""
     model = spiking.model
     cache = spiking.prefix.cache_for(1) if spiking.prefix is not None else DynamicCache()
-    with spiking.coded(mask_strength):
+    with spiking.analog() if analog else spiking.coded(mask_strength):
         return _greedy(
             lambda ids: model(input_ids=ids, cache=cache, use_cache=True).logits,
             prompt,
@@ -78,7 +84,7 @@ def encode_prompt(spiking: SpikingModel, prompt: str, new_tokens: int) -> torch.
     ids = spiking.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     prefix = len(spiking.prefix) if spiking.prefix is not None else 0
     check_seq_len(spiking.model, len(ids) + new_tokens, prefix)
-    return torch.tensor([ids])
+    return torch.tensor([ids], device=next(spiking.model.parameters()).device)
 
 
 def generate_job(
@@ -88,18 +94,30 @@ def generate_job(
     spiking_run: bool = False,
     float64: bool = False,
     mask_strength: int = 0,
+    placement: Placement = CPU,
+    analog: bool = False,
 ) -> dict:
+    """Generate and print the continuation; with ``analog`` also the prepared ANN's."""
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)
     check_request(prompt, new_tokens)  # before the model loads
-    spiking = load_spiking(artifact, float64=float64)
+    spiking = load_spiking(
+        artifact, float64=float64, device=placement.device, dtype=placement.dtype
+    )
     ids = encode_prompt(spiking, prompt, new_tokens)
     start = time.perf_counter()
     generate = greedy_spiking if spiking_run else greedy_fast
     tokens = generate(spiking, ids, new_tokens, mask_strength)
     seconds = time.perf_counter() - start
     text = spiking.tokenizer.decode(tokens, skip_special_tokens=True)
-    print(prompt + text)
     path = "spike-level simulator" if spiking_run else "fast path"
+    report = {"prompt": prompt, "tokens": tokens, "text": text, "seconds": seconds}
+    if analog:
+        ann = greedy_fast(spiking, ids, new_tokens, analog=True)
+        report["ann_text"] = spiking.tokenizer.decode(ann, skip_special_tokens=True)
+        print(f"ANN: {prompt}{report['ann_text']}")
+        print(f"SNN: {prompt}{text}")
+    else:
+        print(prompt + text)
     print(f"[{len(tokens)} tokens in {seconds:.1f} s, {path}]")
-    return {"prompt": prompt, "tokens": tokens, "text": text, "seconds": seconds}
+    return report

@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 
 from phasecode.artifacts import save_artifact
-from phasecode.fitting import FitSettings, SamplingSettings, fit_codes, sample_sites, score_sites
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.calibration.sampling import sample_sites
+from phasecode.models.loading import base_record, model_reference
+from phasecode.models.placement import CPU, Placement, load_placed
 from phasecode.models.quantize import check_weight_bits, quantize_model
+from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.training.fit import fit_codes, score_sites
 
 
 def neurons_job(
@@ -20,13 +23,14 @@ def neurons_job(
     out: Path | None = None,
     progress: bool = True,
     weight_bits: int | None = None,
+    placement: Placement = CPU,
 ) -> dict:
     """Run the whole job and return the JSON report (also printed as a table). With
     ``weight_bits`` the decoder linears are fake-quantized before sampling (Fig. 5: the
     activation distributions of a weight-quantized model)."""
     check_weight_bits(weight_bits)
-    model, tokenizer = load_model(model_name)
-    fingerprint = model_fingerprint(model)  # of the base model, before quantization
+    model, tokenizer = load_placed(model_name, placement)
+    base = base_record(model_reference(model_name), model)  # before quantization
     if weight_bits is not None:
         quantize_model(model, weight_bits)
     samples = sample_sites(model, tokenizer, sampling, progress)
@@ -56,7 +60,6 @@ def neurons_job(
     }
     print(format_table(report))
     if out is not None:
-        base = {"name": model_name, "fingerprint": fingerprint}
         save_neurons(out, fit, samples.sites, base, settings, sampling, report)
         print(f"saved neurons to {out}")
     return report

@@ -18,10 +18,11 @@ from phasecode.coding.neuron import mask_window
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import check_seq_len, load_corpus, token_windows
-from phasecode.models.adapters import adapter_for, submodule
+from phasecode.evaluation.perplexity import load_corpus, token_windows
+from phasecode.inference.nll import check_seq_len
+from phasecode.models.adapters import adapter_for
 from phasecode.simulation.counting import Counter
-from phasecode.simulation.network import SpikingSimulator
+from phasecode.simulation.network import TOKEN_CHUNK, SpikingSimulator
 
 RELATIVE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -32,7 +33,8 @@ def sample_tokens(spiking: SpikingModel, tokens: int, text: str | None = None) -
         raise PhasecodeError(f"--tokens must be >= 1, got {tokens}")
     prefix = len(spiking.prefix) if spiking.prefix is not None else 0
     check_seq_len(spiking.model, tokens, prefix)
-    return token_windows(spiking.tokenizer, load_corpus(text or "wikitext2"), tokens, 1)
+    ids = token_windows(spiking.tokenizer, load_corpus(text or "wikitext2"), tokens, 1)
+    return ids.to(next(spiking.model.parameters()).device)
 
 
 def fast_logits(spiking: SpikingModel, tokens: torch.Tensor, mask_strength: int = 0):
@@ -59,7 +61,7 @@ def simulate(
     tokens: torch.Tensor,
     mask_strength: int = 0,
     counter: Counter | None = None,
-    token_chunk: int = 128,
+    token_chunk: int = TOKEN_CHUNK,
 ) -> tuple[torch.Tensor, float]:
     """Simulator logits for ``tokens`` (after the prefix) and the seconds it took."""
     simulator = SpikingSimulator(spiking, mask_strength, counter, token_chunk)
@@ -76,7 +78,8 @@ def rounding_sensitivity(spiking: SpikingModel, tokens: torch.Tensor, reference:
     crosses a few thresholds, and each flipped spike moves its neuron by a whole d(t), which
     flips more downstream. In float64 it is ~0; in float32 it is percent-level on real models.
     """
-    embedding = submodule(spiking.model, adapter_for(spiking.model).embed).weight
+    adapter = adapter_for(spiking.model)
+    embedding = adapter.module(spiking.model, adapter.embed).weight
     original = embedding.data
     ulp = torch.finfo(original.dtype).eps
     change = 0.0
@@ -101,6 +104,7 @@ def simulate_job(
     float64: bool = True,
     mask_strength: int = 0,
     text: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """Simulate ``tokens`` tokens; with ``check``, compare with the fast path.
 
@@ -110,7 +114,8 @@ def simulate_job(
     """
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)
-    spiking = load_spiking(artifact, float64=float64)
+    load_corpus(text or "wikitext2")  # a missing text file is refused before the model loads
+    spiking = load_spiking(artifact, float64=float64, device=device)
     ids = sample_tokens(spiking, tokens, text)
     ann_seconds(spiking, ids)  # warm-up: first calls pay for allocation
     ann = ann_seconds(spiking, ids)

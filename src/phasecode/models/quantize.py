@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from phasecode.errors import PhasecodeError
-from phasecode.models.adapters import adapter_for, submodule
+from phasecode.models.adapters import adapter_for
 
 WEIGHT_BITS = (8, 4)
 
@@ -45,11 +45,7 @@ def decoder_linears(model: nn.Module) -> list[nn.Linear]:
     """The q, k, v, o, gate, up and down projections of every decoder layer."""
     adapter = adapter_for(model)
     names = (adapter.q, adapter.k, adapter.v, adapter.o, adapter.gate, adapter.up, adapter.down)
-    return [
-        submodule(model, adapter.layer_path(i, name))
-        for i in range(adapter.num_layers(model))
-        for name in names
-    ]
+    return adapter.linears(model, names)
 
 
 @torch.no_grad()

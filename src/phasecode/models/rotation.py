@@ -9,65 +9,44 @@ function the network computes:
    becomes a plain x / rms(x), which commutes with any orthogonal R (rms(x·R) = rms(x)).
 2. ``rotate_residual`` rotates every weight that reads or writes the residual stream by R.
 3. ``fold_down_rotation`` folds H into ``down_proj``; its input is rotated online, x ↦ x·H.
+4. ``fold_value_rotation`` rotates V per head (QuaRot's R2) and undoes it in ``o_proj``;
+   ``head_rotation`` is the matching online rotation of Q and K after RoPE (R3).
 
 The matrices follow from the seed alone, so an artifact stores only the seed and re-applies them.
+
+Memory stays bounded for 7-70B models on any device: no rotation is built as a dense n×n
+matrix (``OnlineRotation`` applies it through its Kronecker factors), and each weight is
+rewritten in blocks of rows or columns of at most ``CHUNK_BYTES`` in float64, on the weight's
+own device, rounded once on the way back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from phasecode.errors import PhasecodeError
 from phasecode.models.adapters import Adapter, adapter_for, submodule
-from phasecode.models.hadamard import hadamard_rotation
+from phasecode.models.hadamard import OnlineRotation
+
+# Bound of one float64 block while a weight is rewritten; the rotation's temporaries add a few
+# more blocks of the same size (see benchmarks/rotation_memory.py for the measured peak).
+CHUNK_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True)
-class RotationState:
-    """How a model was rotated: the seed regenerates R and H; ``down`` is H when folded."""
-
-    seed: int
-    hidden_size: int
-    intermediate_size: int
-    down: Tensor | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class HookGroup:
-    """Forward hooks removed together, by ``remove()`` or on leaving a ``with`` block."""
-
-    handles: tuple[RemovableHandle, ...]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def __enter__(self) -> HookGroup:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.remove()
-
-
-def rotate_model(model: nn.Module, seed: int = 0, online_down: bool = True) -> RotationState:
+def rotate_model(
+    model: nn.Module, seed: int = 0, online_down: bool = True
+) -> OnlineRotation | None:
     """Fuse norms and rotate the residual stream; with ``online_down`` also fold H into down_proj.
 
-    With ``online_down`` the model is only correct once x ↦ x·H is applied at every down_proj
-    input (``apply_online_down(model, state.down)`` or the spiking site wrappers).
+    Returns the down_proj rotation (None without ``online_down``): the model is only correct
+    once x ↦ x·H is applied at every down_proj input (the spiking site wrappers do it).
     """
     fuse_norms(model)
     rotate_residual(model, seed)
-    adapter = adapter_for(model)
-    hidden = submodule(model, adapter.embed).weight.shape[1]
-    intermediate = _layer_linears(model, adapter, [adapter.down])[0].in_features
-    down = fold_down_rotation(model, seed) if online_down else None
-    return RotationState(seed, hidden, intermediate, down)
+    return fold_down_rotation(model, seed) if online_down else None
 
 
 @torch.no_grad()
@@ -114,53 +93,82 @@ def rotate_residual(model: nn.Module, seed: int = 0) -> None:
     untie_embeddings(model)
     _require_fused_norms(model, adapter)
     embedding = submodule(model, adapter.embed).weight
-    rotation = hadamard_rotation(embedding.shape[1], seed, torch.float64)
+    rotation = OnlineRotation(embedding.shape[1], seed)
     readers = [adapter.q, adapter.k, adapter.v, adapter.gate, adapter.up]
     writers = [adapter.o, adapter.down]
     head = submodule(model, adapter.lm_head).weight
-    for weight in [embedding, head, *(m.weight for m in _layer_linears(model, adapter, readers))]:
-        _rewrite(weight, lambda w, r: w @ r, rotation)
-    for linear in _layer_linears(model, adapter, writers):
-        _rewrite(linear.weight, lambda w, r: r.T @ w, rotation)
+    for weight in [embedding, head, *(m.weight for m in adapter.linears(model, readers))]:
+        _rewrite_rows(weight, rotation)
+    for linear in adapter.linears(model, writers):
+        _rewrite_columns(linear.weight, rotation)  # Rᵀ·W = (Wᵀ·R)ᵀ
         if linear.bias is not None:
-            _rewrite(linear.bias, lambda b, r: b @ r, rotation)
+            _rewrite_rows(linear.bias, rotation)
 
 
 @torch.no_grad()
-def fold_down_rotation(model: nn.Module, seed: int = 0) -> Tensor:
+def fold_down_rotation(model: nn.Module, seed: int = 0) -> OnlineRotation:
     """Fold H = hadamard_rotation(intermediate_size, seed) into every down_proj (W ← W·H).
 
-    Returns H (float64): the model is only correct once each down_proj input is rotated
-    online, x ↦ x·H, which ``apply_online_down`` (or the spiking site wrapper) does. The
-    rotated input is what the spiking neurons code: its outliers are spread over all channels.
+    Returns H as an ``OnlineRotation``: the model is only correct once each down_proj input is
+    rotated online, x ↦ x·H (the spiking site wrapper does it). The rotated input is what the
+    spiking neurons code: its outliers are spread over all channels.
     """
     adapter = adapter_for(model)
-    downs = _layer_linears(model, adapter, [adapter.down])
-    rotation = hadamard_rotation(downs[0].in_features, seed, torch.float64)
+    downs = adapter.linears(model, [adapter.down])
+    rotation = OnlineRotation(downs[0].in_features, seed)
     for down in downs:
-        _rewrite(down.weight, lambda w, r: w @ r, rotation)
+        _rewrite_rows(down.weight, rotation)
     return rotation
 
 
-def apply_online_down(model: nn.Module, rotation: Tensor) -> HookGroup:
-    """Hook every down_proj to rotate its input, x ↦ x·H, so a folded model runs standalone."""
+def head_rotation(head_dim: int, seed: int = 0) -> OnlineRotation:
+    """The per-head rotation H of order ``head_dim``, applied online to Q and K after RoPE.
+
+    (Q·H)(K·H)ᵀ = Q·Kᵀ since H·Hᵀ = I, so attention is unchanged while the outlier channels of
+    Q and K are spread over the head. It is the same H that ``fold_value_rotation`` folds into V
+    (for a power-of-two head_dim the seed does not matter: H is Sylvester's).
+    """
+    return OnlineRotation(head_dim, seed)
+
+
+@torch.no_grad()
+def fold_value_rotation(model: nn.Module, seed: int = 0) -> None:
+    """Rotate every value head by H = head_rotation(head_dim, seed) and undo it in o_proj.
+
+    For KV head g with rows W_g of v_proj (head_dim × hidden): v_g·H = x·(Hᵀ·W_g)ᵀ + b_g·H, so
+    W_g ← Hᵀ·W_g and b_g ← b_g·H. Attention mixes V over tokens only, so head h's output
+    becomes o_h·H (also with GQA, where query head h reads KV head h // groups: every KV head
+    has the same H). o_proj reads head h through its columns W_o[:, h]: (o_h·H)·(W_o[:, h]·H)ᵀ
+    = o_h·W_o[:, h]ᵀ, so W_o[:, h] ← W_o[:, h]·H. The model needs no online rotation for this;
+    it commutes with ``rotate_residual`` (that acts on the other side of both weights).
+    """
     adapter = adapter_for(model)
-    handles = []
-    for down in _layer_linears(model, adapter, [adapter.down]):
-        local = rotation.to(down.weight.device, down.weight.dtype)
-        handles.append(down.register_forward_pre_hook(partial(_rotate_input, local)))
-    return HookGroup(tuple(handles))
+    head_dim = adapter.head_dim(model.config)
+    rotation = head_rotation(head_dim, seed)
 
+    def per_head(x: Tensor) -> Tensor:
+        return rotation(x.reshape(*x.shape[:-1], -1, head_dim)).reshape(x.shape)
 
-def _rotate_input(rotation: Tensor, module: nn.Module, args: tuple) -> tuple:
-    return (args[0] @ rotation, *args[1:])
+    for i in range(adapter.num_layers(model)):
+        value = submodule(model, adapter.layer_path(i, adapter.v))
+        output = submodule(model, adapter.layer_path(i, adapter.o))
+        if value.out_features % head_dim or output.in_features % head_dim:
+            raise PhasecodeError(
+                f"layer {i}: v_proj out {value.out_features} / o_proj in {output.in_features} "
+                f"are not whole heads of {head_dim}"
+            )
+        _rewrite_columns(value.weight, per_head)  # W_g ← Hᵀ·W_g = (W_gᵀ·H)ᵀ
+        if value.bias is not None:
+            _rewrite_rows(value.bias, per_head)  # b_g ← b_g·H
+        _rewrite_rows(output.weight, per_head)  # W_o[:, h] ← W_o[:, h]·H
 
 
 def _fuse_norm(model: nn.Module, norm_path: str, reader_paths: Sequence[str]) -> None:
     norm = submodule(model, norm_path)
-    gain = norm.weight.detach().to(torch.float64)
     for path in reader_paths:
-        _rewrite(submodule(model, path).weight, lambda w, g: w * g, gain)
+        weight = submodule(model, path).weight
+        gain = norm.weight.detach().to(weight.device, _compute_dtype(weight.device))
+        _rewrite_rows(weight, lambda w, g=gain: w * g)
     norm.weight.fill_(1.0)
 
 
@@ -175,15 +183,39 @@ def _require_fused_norms(model: nn.Module, adapter: Adapter) -> None:
             raise PhasecodeError(f"{path} has a gain; call fuse_norms before rotating the model")
 
 
-def _layer_linears(model: nn.Module, adapter: Adapter, names: Sequence[str]) -> list[nn.Linear]:
-    return [
-        submodule(model, adapter.layer_path(i, name))
-        for i in range(adapter.num_layers(model))
-        for name in names
-    ]
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the rewrite, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _rewrite(param: Tensor, update: Callable[[Tensor, Tensor], Tensor], other: Tensor) -> None:
-    """Apply ``update`` in float64, rounding once (on the cast back), and write it in place."""
-    value = param.detach().to(torch.float64)
-    param.copy_(update(value, other.to(param.device)))
+def _block_size(elements_per_line: int) -> int:
+    """Rows (or columns) per block so that one float64 block stays within CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (8 * elements_per_line))
+
+
+@torch.no_grad()
+def _rewrite_rows(param: Tensor, update: Callable[[Tensor], Tensor]) -> None:
+    """param ← update(param) for a row-wise update (W·R, W·diag(g), b·R), block by block.
+
+    Each block is computed in float64 on param's device and written back in place, rounding
+    once. A 1-d param (a bias) is one row.
+    """
+    matrix = param.detach()
+    matrix = matrix.unsqueeze(0) if matrix.dim() == 1 else matrix
+    step = _block_size(matrix.shape[1])
+    compute = _compute_dtype(matrix.device)
+    for start in range(0, matrix.shape[0], step):
+        block = matrix[start : start + step]
+        block.copy_(update(block.to(compute)))
+
+
+@torch.no_grad()
+def _rewrite_columns(param: Tensor, update: Callable[[Tensor], Tensor]) -> None:
+    """param ← update(paramᵀ)ᵀ, for left products Rᵀ·W = (Wᵀ·R)ᵀ, block of columns by block."""
+    matrix = param.detach()
+    step = _block_size(matrix.shape[0])
+    compute = _compute_dtype(matrix.device)
+    for start in range(0, matrix.shape[1], step):
+        block = matrix[:, start : start + step]
+        columns = block.T.to(compute, memory_format=torch.contiguous_format)
+        block.copy_(update(columns).T)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasecode.models.adapters import adapter_for, submodule
+from phasecode.models.adapters import adapter_for
+
+LM_HEAD = "lm_head"
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,38 @@ class Site:
     modules: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SiteKey:
+    """Which activation a site is: its decoder layer (None for the lm_head input) and kind.
+    Artifacts, reports and handlers carry its ``name``; only this class writes or reads it."""
+
+    layer: int | None
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return LM_HEAD if self.layer is None else f"layers.{self.layer}.{self.kind}"
+
+    @classmethod
+    def parse(cls, name: str) -> SiteKey:
+        if name == LM_HEAD:
+            return cls(None, LM_HEAD)
+        head, layer, kind = name.split(".")
+        if head != "layers" or not layer.isdigit():
+            raise ValueError(f"not a site name: {name!r}")
+        return cls(int(layer), kind)
+
+
+def site_name(layer: int | None, kind: str) -> str:
+    """The name of a site, e.g. ``layers.3.down`` (``lm_head`` for layer None)."""
+    return SiteKey(layer, kind).name
+
+
+def site_kind(name: str) -> str:
+    """The kind of a site name (``qkv``, …, ``lm_head``)."""
+    return SiteKey.parse(name).kind
+
+
 def linear_input_sites(model: nn.Module) -> list[Site]:
     """The input of every linear in the decoder layers, one site per distinct input tensor."""
     adapter = adapter_for(model)
@@ -28,14 +62,13 @@ def linear_input_sites(model: nn.Module) -> list[Site]:
         "gate_up": (adapter.gate, adapter.up),
         "down": (adapter.down,),
     }
-    sites = []
-    for i in range(adapter.num_layers(model)):
-        for kind, linears in kinds.items():
-            modules = tuple(adapter.layer_path(i, linear) for linear in linears)
-            for module in modules:
-                submodule(model, module)  # fail early, naming the module, if the layout is off
-            sites.append(Site(f"layers.{i}.{kind}", kind, i, modules))
-    return sites
+    for names in kinds.values():
+        adapter.linears(model, names)  # fail early, naming the module, if the layout is off
+    return [
+        Site(site_name(i, kind), kind, i, tuple(adapter.layer_path(i, n) for n in names))
+        for i in range(adapter.num_layers(model))
+        for kind, names in kinds.items()
+    ]
 
 
 # Site kinds of the full spiking model (paper Fig. 2 right, App. B), per decoder layer, in the
@@ -52,19 +85,19 @@ SPIKING_KINDS: dict[str, str] = {
     "up": "mlp",  # up_proj output: the other operand
     "down": "mlp",  # input of down_proj (the product, after the online rotation)
 }
-LM_HEAD = "lm_head"
 
 
 def spiking_sites(model: nn.Module, lm_head: bool = True) -> list[Site]:
     """Every site of the spiking model: ten per decoder layer, plus the lm_head input."""
     adapter = adapter_for(model)
-    sites = []
-    for i in range(adapter.num_layers(model)):
-        for kind, where in SPIKING_KINDS.items():
-            module = adapter.layer_path(i, getattr(adapter, where))
-            submodule(model, module)
-            sites.append(Site(f"layers.{i}.{kind}", kind, i, (module,)))
+    for where in set(SPIKING_KINDS.values()):
+        adapter.per_layer(model, getattr(adapter, where))  # fail early if the layout is off
+    sites = [
+        Site(site_name(i, kind), kind, i, (adapter.layer_path(i, getattr(adapter, where)),))
+        for i in range(adapter.num_layers(model))
+        for kind, where in SPIKING_KINDS.items()
+    ]
     if lm_head:
-        submodule(model, adapter.lm_head)
+        adapter.module(model, adapter.lm_head)
         sites.append(Site(LM_HEAD, LM_HEAD, adapter.num_layers(model), (adapter.lm_head,)))
     return sites

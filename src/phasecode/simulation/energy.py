@@ -8,6 +8,7 @@ Costs are presets a user can replace: per-operation energies from Horowitz (ISSC
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +29,18 @@ class EnergyCosts:
     write_pj: float
     word_bits: int
 
+    def __post_init__(self) -> None:
+        for name in ("mac_pj", "ac_pj", "read_pj", "write_pj"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise PhasecodeError(f"cost {name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise PhasecodeError(f"cost {name} must be finite and >= 0, got {value}")
+        if isinstance(self.word_bits, bool) or not isinstance(self.word_bits, int):
+            raise PhasecodeError(f"word_bits must be an integer, got {self.word_bits!r}")
+        if self.word_bits < 1:
+            raise PhasecodeError(f"word_bits must be >= 1, got {self.word_bits}")
+
 
 PRESETS: dict[str, EnergyCosts] = {
     # the paper's numbers (Eq. 18; App. D.7: 5 pJ per 32-bit read or write)
@@ -44,15 +57,20 @@ def load_costs(name_or_path: str) -> EnergyCosts:
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     path = Path(name_or_path)
+    looks_like_file = path.suffix or "/" in name_or_path or path.exists()
     if not path.is_file():
+        if looks_like_file:
+            raise PhasecodeError(f"cost file not found: {path}")
         raise PhasecodeError(
             f"unknown cost preset {name_or_path!r}; choose from {', '.join(PRESETS)} "
             "or give a JSON file with mac_pj, ac_pj, read_pj, write_pj, word_bits"
         )
     try:
         fields = json.loads(path.read_text())
+        if not isinstance(fields, dict):
+            raise TypeError("not an object")
         return EnergyCosts(**{"name": path.stem, **fields})
-    except (json.JSONDecodeError, TypeError) as error:
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as error:
         raise PhasecodeError(
             f"{path}: expected a JSON object with mac_pj, ac_pj, read_pj, write_pj, word_bits "
             f"({error})"

@@ -15,7 +15,6 @@ Memory is bounded by chunking: the MLP and lm_head run ``token_chunk`` tokens at
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import torch
@@ -23,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from phasecode.conversion.convert import SpikingModel
-from phasecode.models.adapters import adapter_for, submodule
-from phasecode.models.sites import LM_HEAD
+from phasecode.models.adapters import adapter_for
+from phasecode.models.sites import LM_HEAD, site_name
 from phasecode.simulation.cache import SpikeCache
 from phasecode.simulation.counting import ELEMENTWISE_MACS, Counter
 from phasecode.simulation.ops import (
@@ -35,6 +34,8 @@ from phasecode.simulation.ops import (
 )
 from phasecode.simulation.trains import SpikeTrain, encode, integrate
 
+TOKEN_CHUNK = 128  # tokens per MLP / lm_head pass: bounds [T, chunk, intermediate]
+
 
 class SpikingSimulator:
     """Runs a ``SpikingModel`` timestep by timestep; optionally counts every operation."""
@@ -44,7 +45,7 @@ class SpikingSimulator:
         spiking: SpikingModel,
         mask_strength: int = 0,
         counter: Counter | None = None,
-        token_chunk: int = 128,
+        token_chunk: int = TOKEN_CHUNK,
         attention_elements: int = 1 << 24,
     ):
         self.spiking, self.model = spiking, spiking.model
@@ -54,8 +55,8 @@ class SpikingSimulator:
         self.mask_strength, self.counter = mask_strength, counter
         self.token_chunk, self.attention_elements = token_chunk, attention_elements
         self.layers = self.adapter.decoder_layers(self.model)
-        attention = submodule(self.model, self.adapter.layer_path(0, self.adapter.attention))
-        self.rope: Callable = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+        self.rope: Callable = self.adapter.apply_rope(self.model)
+        self.head_rotation = spiking.head_rotation
 
     def new_cache(self, batch: int = 1) -> SpikeCache:
         """An empty cache, holding the prefix's keys/values coded by the k and v neurons."""
@@ -64,6 +65,8 @@ class SpikingSimulator:
         if prefix is not None:
             for i, (k, v) in enumerate(prefix.keys_values):
                 expand = (batch, -1, -1, -1)
+                if self.head_rotation is not None:  # the cache holds keys as RoPE left them
+                    k = self.head_rotation(k)
                 cache.append(
                     i, self._fire(i, "k", k.expand(*expand)), self._fire(i, "v", v.expand(*expand))
                 )
@@ -75,9 +78,9 @@ class SpikingSimulator:
         """Logits [B, S, vocab] for ``input_ids`` [B, S] after the cache (prefix) contents."""
         cache = cache if cache is not None else self.new_cache(input_ids.shape[0])
         batch, length = input_ids.shape
-        embeddings = submodule(self.model, self.adapter.embed)(input_ids)
+        embeddings = self.adapter.module(self.model, self.adapter.embed)(input_ids)
         positions = torch.arange(cache.length, cache.length + length, device=input_ids.device)
-        cos_sin = self.model.model.rotary_emb(embeddings, positions[None])
+        cos_sin = self.adapter.rotary_embedding(self.model)(embeddings, positions[None])
         residual = embeddings.new_zeros((self.timesteps,) + embeddings.shape)
         residual[0] = embeddings  # the embedding arrives at once: a one-step increment
         for i, layer in enumerate(self.layers):
@@ -91,7 +94,7 @@ class SpikingSimulator:
     # -- sites -----------------------------------------------------------------------------
 
     def _fire(self, layer: int | None, kind: str, x: Tensor) -> SpikeTrain:
-        name = LM_HEAD if layer is None else f"layers.{layer}.{kind}"
+        name = site_name(layer, kind)
         train = encode(x, self.rows[name], self.mask_strength)
         if self.counter is not None:
             self.counter.site(_key(layer, kind), train)
@@ -109,36 +112,41 @@ class SpikingSimulator:
     def _attention(
         self, i: int, layer: nn.Module, residual: Tensor, cos_sin, positions, cache: SpikeCache
     ) -> Tensor:
-        attention = getattr(layer, self.adapter.attention)
-        x = self._norm(i, getattr(layer, self.adapter.input_norm), residual)
+        adapter = self.adapter
+        attention = adapter.part(layer, adapter.attention)
+        x = self._norm(i, adapter.part(layer, adapter.input_norm), residual)
         train = self._fire(i, "qkv", integrate(x))
         batch, length, _ = train.spikes.shape[1:]
         heads = []
-        for name in ("q_proj", "k_proj", "v_proj"):
-            linear = getattr(attention, name)
-            self._count_linear(i, name, train, linear)
+        for name in (adapter.q, adapter.k, adapter.v):
+            linear = adapter.part(layer, name)
+            self._count_linear(i, _op(name), train, linear)
             out = integrate(linear_steps(train, linear))
             heads.append(out.view(batch, length, -1, attention.head_dim).transpose(1, 2))
         q, k = self.rope(heads[0], heads[1], *cos_sin)
         if self.counter is not None:
             elements = q.numel() + k.numel()
             self.counter.both_mac(_key(i, "rope"), ELEMENTWISE_MACS["rope"] * elements, elements)
+        if self.head_rotation is not None:  # as the fast path: per head, after RoPE
+            q, k = self.head_rotation(q), self.head_rotation(k)
+            if self.counter is not None:
+                self.counter.rotation(_key(i, "head rotation"), elements, self.head_rotation)
         keys, values = cache.append(i, self._fire(i, "k", k), self._fire(i, "v", heads[2]))
         queries = self._fire(i, "q", q)
         visible = self._visible(i, positions, keys.spikes.shape[-2])
         out = self._attend(i, attention, queries, keys, values, visible)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         o_train = self._fire(i, "o", out)
-        self._count_linear(i, "o_proj", o_train, attention.o_proj)
-        return linear_steps(o_train, attention.o_proj)
+        o_proj = adapter.part(layer, adapter.o)
+        self._count_linear(i, _op(adapter.o), o_train, o_proj)
+        return linear_steps(o_train, o_proj)
 
     def _visible(self, i: int, positions: Tensor, keys: int) -> Tensor:
         """[S, S_kv] bool: which keys each query attends to (causal, sliding window)."""
-        config = self.model.config
         key_positions = torch.arange(keys, device=positions.device)
         gap = positions[:, None] - key_positions[None, :]
         visible = gap >= 0
-        window = _sliding_window(config, i)
+        window = self.adapter.sliding_window(self.model.config, i)
         if window is not None:
             visible &= gap < window
         return visible
@@ -188,26 +196,28 @@ class SpikingSimulator:
     # -- MLP and head ----------------------------------------------------------------------
 
     def _mlp(self, i: int, layer: nn.Module, residual: Tensor) -> Tensor:
-        mlp = getattr(layer, self.adapter.mlp)
-        norm = getattr(layer, self.adapter.post_attention_norm)
+        adapter = self.adapter
+        norm = adapter.part(layer, adapter.post_attention_norm)
+        gate_proj, up_proj = adapter.part(layer, adapter.gate), adapter.part(layer, adapter.up)
+        down_proj, act_fn = adapter.part(layer, adapter.down), adapter.act_fn(layer)
         scale = None if self.spiking.silu_scales is None else self.spiking.silu_scales[i]
         rotation = self.spiking.down_rotation
 
         def silu(z: Tensor) -> Tensor:
-            a = mlp.act_fn(z)
-            return a if scale is None else a / scale.to(a.dtype)
+            a = act_fn(z)
+            return a if scale is None else a / scale.to(a.device, a.dtype)
 
         out = torch.empty_like(residual)
         for start in range(0, residual.shape[2], self.token_chunk):
             part = residual[:, :, start : start + self.token_chunk]
             train = self._fire(i, "gate_up", integrate(self._norm(i, norm, part)))
-            self._count_linear(i, "gate_proj", train, mlp.gate_proj)
-            self._count_linear(i, "up_proj", train, mlp.up_proj)
-            gate = linear_steps(train, mlp.gate_proj)
+            self._count_linear(i, _op(adapter.gate), train, gate_proj)
+            self._count_linear(i, _op(adapter.up), train, up_proj)
+            gate = linear_steps(train, gate_proj)
             if self.counter is not None:
                 self.counter.elementwise(_key(i, "silu"), "silu", gate[0].numel(), len(gate))
             a = self._fire(i, "silu", integrate(accumulate_difference(gate, silu)))
-            b = self._fire(i, "up", integrate(linear_steps(train, mlp.up_proj)))
+            b = self._fire(i, "up", integrate(linear_steps(train, up_proj)))
             if self.counter is not None:
                 self.counter.product(_key(i, "silu·up"), a, b)
             product = integrate(spike_product(a, b))
@@ -216,13 +226,13 @@ class SpikingSimulator:
                 if self.counter is not None:
                     self.counter.rotation(_key(i, "rotation"), product.numel(), rotation)
             down = self._fire(i, "down", product)
-            self._count_linear(i, "down_proj", down, mlp.down_proj)
-            out[:, :, start : start + self.token_chunk] = linear_steps(down, mlp.down_proj)
+            self._count_linear(i, _op(adapter.down), down, down_proj)
+            out[:, :, start : start + self.token_chunk] = linear_steps(down, down_proj)
         return out
 
     def _head(self, residual: Tensor) -> Tensor:
-        head = submodule(self.model, self.adapter.lm_head)
-        norm = submodule(self.model, self.adapter.final_norm)
+        head = self.adapter.module(self.model, self.adapter.lm_head)
+        norm = self.adapter.module(self.model, self.adapter.final_norm)
         coded = LM_HEAD in self.rows
         logits = []
         for start in range(0, residual.shape[2], self.token_chunk):
@@ -255,10 +265,6 @@ def _key(layer: int | None, op: str) -> tuple[str, str]:
     return ("head" if layer is None else f"layers.{layer}", op)
 
 
-def _sliding_window(config, layer: int) -> int | None:
-    """The layer's attention window, as transformers applies it (None: full causal)."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return window if layer_types[layer] == "sliding_attention" else None
-    return window if config.model_type == "mistral" else None
+def _op(path: str) -> str:
+    """The counting name of a linear: its module name (``self_attn.q_proj`` → ``q_proj``)."""
+    return path.rsplit(".", 1)[-1]

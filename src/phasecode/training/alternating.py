@@ -144,7 +144,9 @@ class _Best:
         self.neurons = neurons
         self.params = [p for p in neurons.parameters()]
         self.saved = [p.detach().clone() for p in self.params]
-        self.loss = torch.full((neurons.reference.shape[0],), float("inf"))
+        self.loss = torch.full(
+            (neurons.reference.shape[0],), float("inf"), device=neurons.reference.device
+        )
 
     def offer(self, loss: Tensor) -> None:
         better = loss < self.loss

@@ -45,7 +45,7 @@ def fit_scale(
     lo, hi = torch.full_like(top, 0.01).log(), torch.full_like(top, 1.2).log()
     best = top
     for _ in range(rounds):
-        frac = torch.linspace(0, 1, grid, dtype=samples.dtype)
+        frac = torch.linspace(0, 1, grid, dtype=samples.dtype, device=samples.device)
         cand = top[:, None] * (lo[:, None] + (hi - lo)[:, None] * frac).exp()  # [S, G]
         errors = _scale_errors(samples, timesteps, build, cand)
         pick = errors.argmin(1)

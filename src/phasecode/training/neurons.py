@@ -49,7 +49,7 @@ class PhaseNeurons(nn.Module):
         super().__init__()
         timesteps = sum(allocation[0])
         grains = max(len(a) for a in allocation)
-        steps = torch.arange(1, timesteps + 1, dtype=tau.dtype)
+        steps = torch.arange(1, timesteps + 1, dtype=tau.dtype, device=tau.device)
         self.allocation = tuple(allocation)
         self.coupled = coupled
         reference = tau[:, None] * 2.0 ** (-steps)  # LAS: θ = h = d = τ·2^-t
@@ -57,7 +57,9 @@ class PhaseNeurons(nn.Module):
         self.register_buffer("reference_threshold", rounding_thresholds(reference))
         self.u_threshold = nn.Parameter(torch.ones_like(reference))
         self.u_reset = None if coupled else nn.Parameter(torch.ones_like(reference))
-        self.bases = nn.Parameter(torch.full((tau.shape[0], grains), 2.0, dtype=tau.dtype))
+        self.bases = nn.Parameter(
+            torch.full((tau.shape[0], grains), 2.0, dtype=tau.dtype, device=tau.device)
+        )
         self.log_scale = nn.Parameter(tau.log().clone())
 
     def spike_parameters(self) -> list[nn.Parameter]:
@@ -82,7 +84,9 @@ class PhaseNeurons(nn.Module):
         """The current (differentiable) coding table."""
         threshold = self.reference_threshold * self.u_threshold
         reset = threshold if self.u_reset is None else self.reference * self.u_reset
-        budget = torch.full((threshold.shape[0],), UNLIMITED, dtype=torch.long)
+        budget = torch.full(
+            (threshold.shape[0],), UNLIMITED, dtype=torch.long, device=threshold.device
+        )
         phase = PhaseBases(self.log_scale.exp(), self.bases, self.allocation)
         return CodeTable(threshold, reset, self.weights(), budget, phase)
 

@@ -26,13 +26,13 @@ def search_allocation(
     candidates = candidate_allocations(timesteps, grains)
     sites, count = samples.shape[0], len(candidates)
     if count == 1:
-        return [candidates[0]] * sites, torch.zeros(sites, 1)
+        return [candidates[0]] * sites, torch.zeros(sites, 1, device=samples.device)
     subset = samples[:, : config.search_samples]
     magnitude = (subset / site_scale(subset)[:, None]).abs()
     stacked = magnitude.repeat(count, 1)  # candidate-major: rows c*S .. c*S+S-1
     allocation = [c for c in candidates for _ in range(sites)]
     neurons = init_neurons(stacked, allocation, coupled=config.mode == "coupled")
-    alpha = torch.zeros(sites, count, requires_grad=True)
+    alpha = torch.zeros(sites, count, device=samples.device, requires_grad=True)
     opt_alpha = torch.optim.Adam([alpha], lr=config.lr_alpha)
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)

@@ -22,7 +22,7 @@ def best_step(
     top = magnitude.amax(1).clamp_min(1e-30) / max(levels - 1, 1)
     lo = torch.full_like(top, 1e-3).log()
     hi = torch.full_like(top, 1.3).log()
-    frac = torch.linspace(0, 1, grid, dtype=magnitude.dtype)
+    frac = torch.linspace(0, 1, grid, dtype=magnitude.dtype, device=magnitude.device)
     best = top
     for _ in range(rounds):
         logs = lo[:, None] + (hi - lo)[:, None] * frac  # [S, G]

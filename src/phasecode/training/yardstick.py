@@ -39,10 +39,10 @@ def companding_levels(magnitude: Tensor, levels: int, window: int = 16) -> Tenso
     mass = torch.cat([torch.zeros_like(xs[:, :1]), (gap[:, 1:] ** (2.0 / 3.0))], 1)
     cdf = mass.cumsum(1)
     cdf = cdf / cdf[:, -1:].clamp_min(1e-30)
-    targets = (torch.arange(levels, dtype=xs.dtype) + 0.5) / levels
+    targets = (torch.arange(levels, dtype=xs.dtype, device=xs.device) + 0.5) / levels
     pos = torch.searchsorted(cdf.contiguous(), targets.expand(xs.shape[0], -1).contiguous())
     # distinct order statistics for distinct levels: Lloyd never revives a duplicate level
-    rank = torch.arange(levels)
+    rank = torch.arange(levels, device=xs.device)
     pos = (pos.clamp(max=n - 1) - rank).cummax(1).values + rank
     pos = torch.minimum(pos, n - levels + rank)
     return xs.gather(1, pos)

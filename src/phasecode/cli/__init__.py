@@ -1,0 +1,65 @@
+"""Command-line interface: one module per command, each with ``add_arguments`` and ``run``;
+shared option groups in ``options``. Every argument is checked before a model loads, and
+every user error is one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from phasecode.cli import (
+    compare,
+    convert,
+    energy,
+    evaluate,
+    generate,
+    neurons,
+    report,
+    run,
+    simulate,
+)
+from phasecode.errors import PhasecodeError
+
+COMMANDS = {
+    "neurons": neurons,
+    "convert": convert,
+    "eval": evaluate,
+    "run": run,
+    "compare": compare,
+    "simulate": simulate,
+    "energy": energy,
+    "generate": generate,
+    "report": report,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phasecode",
+        description="Spiking LLMs by ANN-to-SNN conversion with multi-granularity phase coding.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, parents=[common], help=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return COMMANDS[args.command].run(args)
+    except PhasecodeError as err:
+        print(f"phasecode: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phasecode: interrupted", file=sys.stderr)
+        return 130

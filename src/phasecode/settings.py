@@ -1,0 +1,45 @@
+"""What a conversion is asked to do: which neuron, how many timesteps and grains, and where
+the calibration samples come from. Plain values, checked on construction, shared by the CLI,
+the jobs and the comparison grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phasecode.calibration.text import DEFAULT_CALIBRATION
+from phasecode.coding.allocation import TTFS_TIMESTEPS, validate_timesteps
+from phasecode.errors import PhasecodeError
+from phasecode.training.alternating import TrainConfig
+
+METHODS = ("mgpc", "las", "spikedattention", "ttfs", "rate", "phase")
+PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Where activation samples come from and how outliers are kept out of them."""
+
+    samples: int = 10_000  # training samples per site (as many again are held out)
+    calibration: Path = DEFAULT_CALIBRATION
+    sequences: int = 16
+    seq_len: int = 256
+    prefix_bos: bool = True  # prepend BOS and leave it out of the samples (prefix token)
+    rotate_down: bool = True  # online Hadamard rotation of the down_proj input
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    method: str = "mgpc"
+    timesteps: int = 8
+    grains: int = 2
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            choices = ", ".join(METHODS)
+            raise PhasecodeError(f"unknown method {self.method!r}; choose from {choices}")
+        validate_timesteps(self.timesteps, TTFS_TIMESTEPS if self.method == "ttfs" else PHASE_LIMIT)
+        if not 1 <= self.grains <= self.timesteps:
+            raise PhasecodeError(f"grains must be in 1..T={self.timesteps}, got {self.grains}")

@@ -1,0 +1,120 @@
+"""Bad input on every command: one line on stderr, exit code 2, no traceback, no file of the
+user's changed — and found before any model loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import cli_files, progress_bars_off
+
+from phasecode.cli import main
+
+CONVERT = ["--samples", "64", "--sequences", "4", "--seq-len", "32", "-T", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny model, calibration text, a converted artifact, and user files to protect."""
+    root = cli_files(tmp_path_factory.mktemp("bad_input"), tiny_tokenizer)
+    model, calib = root / "model", root / "calib.jsonl"
+    with progress_bars_off():
+        argv = ["convert", "--model", str(model), "--calibration", str(calib), *CONVERT]
+        assert main([*argv, "--prefix-ids", "0", "--out", str(root / "artifact")]) == 0
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("a user's file\n")
+    (root / "empty").mkdir()
+    (root / "garbage.gguf").write_bytes(b"not a gguf file at all" * 10)
+    (root / "negative.json").write_text(json.dumps(_costs(mac_pj=-1.0)))
+    (root / "zero_bits.json").write_text(json.dumps(_costs(word_bits=0)))
+    (root / "list.json").write_text("[1, 2]")
+    return root
+
+
+def _costs(**change) -> dict:
+    return {"mac_pj": 4.6, "ac_pj": 0.9, "read_pj": 5.0, "write_pj": 5.0, "word_bits": 32} | change
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with its content's digest (directories: '-')."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "-"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _convert(*extra: str) -> list[str]:
+    return ["convert", "--model", "{root}/model", "--calibration", "{root}/calib.jsonl", *extra]
+
+
+CASES = [
+    # convert: arguments, prefixes, devices, output directories, model paths
+    (_convert("--lr-threshold", "nan", "--out", "{root}/new"), ["--lr-threshold"]),
+    (_convert("--prefix", "", "--out", "{root}/new"), ["--prefix", "non-empty"]),
+    (_convert("--prefix-ids", "a,b", "--out", "{root}/new"), ["--prefix-ids"]),
+    (_convert("--prefix-ids", "-1", "--out", "{root}/new"), ["--prefix-ids"]),
+    (_convert("--samples", "8", "--out", "{root}/new"), ["--samples"]),
+    (_convert("--out", "{root}/calib.jsonl"), ["calib.jsonl", "file"]),
+    (_convert("--out", "{root}/mine"), ["not empty"]),
+    (_convert("--out", "{root}/artifact"), ["--force"]),
+    (_convert("--out", "{root}/calib.jsonl/sub"), ["calib.jsonl"]),
+    (_convert("--out", "/proc/phasecode-out"), ["/proc/phasecode-out"]),
+    (["convert", "--model", "{root}/artifact", "--out", "{root}/new"], ["phasecode artifact"]),
+    (["convert", "--model", "{root}/empty", "--out", "{root}/new"], ["empty"]),
+    (["convert", "--model", "{root}/garbage.gguf", "--out", "{root}/new"], ["garbage.gguf"]),
+    (["convert", "--model", "{root}/nowhere/x", "--out", "{root}/new"], ["not found"]),
+    # neurons
+    (["neurons", "--model", "{root}/model", "--out", "{root}/mine"], ["not empty"]),
+    (["neurons", "--model", "{root}/model", "--json", "{root}/mine"], ["directory"]),
+    # run
+    (["run", "--limit", "0"], ["--limit"]),
+    (["run", "--out", "{root}/mine"], ["not empty"]),
+    # eval
+    (["eval", "{root}/artifact", "--json", "{root}/mine"], ["directory"]),
+    (["eval", "{root}/artifact", "--batch-size", "0"], ["--batch-size"]),
+    (["eval", "{root}/artifact", "--seq-len", "1"], ["--seq-len"]),
+    (["eval", "{root}/mine"], ["mine"]),
+    (["eval", "{root}/artifact", "--text", "{root}/missing.txt"], ["missing.txt"]),
+    # energy: cost files
+    (["energy", "{root}/artifact", "--costs", "{root}/negative.json"], ["mac_pj", ">= 0"]),
+    (["energy", "{root}/artifact", "--costs", "{root}/zero_bits.json"], ["word_bits"]),
+    (["energy", "{root}/artifact", "--costs", "{root}/missing.json"], ["cost file not found"]),
+    (["energy", "{root}/artifact", "--costs", "{root}/list.json"], ["list.json"]),
+    (["energy", "{root}/artifact", "--tokens", "0"], ["--tokens"]),
+    # generate, simulate, report
+    (["generate", "{root}/artifact", "--prompt", "  "], ["prompt"]),
+    (["generate", "{root}/artifact", "--prompt", "hi", "--mask", "9"], ["mask"]),
+    (["simulate", "{root}/artifact", "--json", "{root}/mine"], ["directory"]),
+    (["report", "{root}/artifact", "--energy", "{root}/missing.json"], ["missing.json"]),
+    (["report", "{root}/artifact", "--out", "{root}/calib.jsonl"], ["calib.jsonl"]),
+]
+if not torch.cuda.is_available():
+    CASES.append((_convert("--device", "cuda", "--out", "{root}/new"), ["no CUDA GPU"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"), CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in CASES]
+)
+def test_bad_input_is_one_line_before_any_model_loads(
+    world, argv, needles, capsys, monkeypatch, tmp_path
+):
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    for target in ("phasecode.models.loading.load_model", "phasecode.conversion.store.load_model"):
+        monkeypatch.setattr(target, never)
+    monkeypatch.chdir(tmp_path)  # `run`'s default output would land here
+    before = _snapshot(world)
+    code = main([arg.replace("{root}", str(world)) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("phasecode: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert _snapshot(world) == before
+    assert not list(tmp_path.iterdir())

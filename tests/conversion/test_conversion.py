@@ -1,0 +1,247 @@
+"""convert(): a tiny base model end to end into a SpikingModel with a neuron on every site."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+from helpers import CONVERTIBLE_SIZES, eager_logits, logits, write_calibration
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+from phasecode.conversion.convert import SpikingModel, convert
+from phasecode.conversion.handlers import Coder
+from phasecode.inference.nll import perplexity
+from phasecode.inference.prefix_choice import NO_PREFIX, PrefixRequest
+from phasecode.models.hadamard import OnlineRotation
+from phasecode.models.sites import spiking_sites
+from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.training.alternating import TrainConfig
+
+ARCHS = ["llama", "qwen2", "mistral"]
+CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+LAYERS = CONVERTIBLE_SIZES["num_hidden_layers"]
+FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)
+BOS = 0
+GIVEN = PrefixRequest("ids", ids=(BOS, 7))
+
+
+def _model(arch: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(CONFIGS[arch](**CONVERTIBLE_SIZES)).eval()
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    return write_calibration(tmp_path_factory.mktemp("calibration") / "calib.jsonl")
+
+
+def _sampling(calibration) -> SamplingSettings:
+    return SamplingSettings(samples=64, calibration=calibration, sequences=4, seq_len=32)
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(2, 258, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _logits_under(spiking: SpikingModel, surgery, tokens: torch.Tensor) -> torch.Tensor:
+    with surgery:
+        return logits(spiking.model, tokens)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def converted(request, calibration, tiny_tokenizer):
+    """(arch, spiking model, the original model's logits) for the default conversion."""
+    model = _model(request.param)
+    tokens = _tokens()
+    original = logits(model, tokens)
+    fit = FitSettings("mgpc", 4, 2, FAST_TRAINING)
+    spiking = convert(
+        model, tiny_tokenizer, fit, _sampling(calibration), progress=False, prefix=GIVEN
+    )
+    assert spiking.model is model  # converted in place
+    return request.param, spiking, original
+
+
+# ----------------------------------------------------------------------------- default
+
+
+def test_every_site_has_a_neuron(converted):
+    _, spiking, _ = converted
+    names = [site.name for site in spiking_sites(spiking.model)]
+    assert len(spiking.sites) == 10 * LAYERS + 1
+    assert spiking.sites == names
+    assert spiking.sites[-1] == "lm_head"
+    assert spiking.table.sites == len(spiking.sites)
+    assert spiking.table.timesteps == 4
+    assert spiking.table.phase is not None
+    assert all(sum(a) == 4 and len(a) <= 2 for a in spiking.table.phase.allocation)
+
+
+def test_spec_records_the_settings(converted):
+    _, spiking, _ = converted
+    spec = spiking.spec
+    assert (spec.method, spec.timesteps, spec.grains) == ("mgpc", 4, 2)
+    assert spec.rotate and spec.rotation_seed == 0 and spec.lm_head
+    assert spiking.report["spec"] == asdict(spec)
+    assert isinstance(spiking.down_rotation, OnlineRotation)
+    assert spiking.down_rotation.width == CONVERTIBLE_SIZES["intermediate_size"]
+
+
+def test_a_given_prefix_is_used_and_reported(converted):
+    _, spiking, _ = converted
+    tokens = spiking.spec.prefix_tokens
+    assert tokens == GIVEN.ids
+    assert spiking.report["prefix_choice"] == {"chosen": list(GIVEN.ids), "reason": "given (ids)"}
+    assert spiking.prefix is not None
+    assert spiking.prefix.token_ids == list(tokens)
+    assert len(spiking.prefix.keys_values) == LAYERS
+    for key, value in spiking.prefix.keys_values:
+        assert key.shape == value.shape == (1, 2, len(tokens), 16)
+    assert spiking.report["prefix_seconds"] > 0
+
+
+def test_report_has_times_and_per_site_scores(converted):
+    _, spiking, _ = converted
+    report = spiking.report
+    assert report["seconds"]["calibration"] > 0
+    assert report["seconds"]["training"] > 0
+    assert [row["name"] for row in report["sites"]] == spiking.sites
+    ratios = [row["ratio"] for row in report["sites"]]
+    for row in report["sites"]:
+        assert {"mse", "lloyd_max_mse", "ratio", "uniform_mse", "uniform_ratio"} <= set(row)
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+        assert row["mse"] > 0
+    assert report["mean_ratio"] == pytest.approx(sum(ratios) / len(ratios))
+    json.dumps(report, allow_nan=False)  # goes into the artifact as is
+
+
+def test_analog_equals_the_original_model(converted):
+    """Rotation and prefix preparation leave the function unchanged (float32, rel 1e-4)."""
+    _, spiking, original = converted
+    analog = _logits_under(spiking, spiking.analog(), _tokens())
+    assert (analog - original).abs().max() <= 1e-4 * original.abs().max()
+    plain = logits(spiking.model, _tokens())  # without the online rotation the model is off
+    assert (plain - original).abs().max() > 1e-3 * original.abs().max()
+
+
+def test_coded_changes_the_logits(converted):
+    _, spiking, _ = converted
+    tokens = _tokens()
+    analog = _logits_under(spiking, spiking.analog(), tokens)
+    coded = _logits_under(spiking, spiking.coded(), tokens)
+    assert torch.isfinite(coded).all()
+    assert _relative_error(coded, analog) > 1e-3
+    assert _relative_error(coded, analog) < 1  # coded, not destroyed
+    assert isinstance(spiking.coded().handler, Coder)
+
+
+def test_coded_perplexity_after_the_prefix(converted, tiny_tokenizer):
+    _, spiking, _ = converted
+    windows = _tokens()
+    with spiking.analog():
+        analog = perplexity(spiking.model, windows, spiking.prefix, progress=False).ppl
+    with spiking.coded():
+        coded = perplexity(spiking.model, windows, spiking.prefix, progress=False).ppl
+    assert math.isfinite(analog) and math.isfinite(coded)
+    assert coded != analog
+
+
+def test_surgeries_leave_no_trace(converted):
+    _, spiking, original = converted
+    model = spiking.model
+    with spiking.coded():
+        assert model.config._attn_implementation == "phasecode"
+    assert model.config._attn_implementation != "phasecode"
+    for name, module in model.named_modules():
+        assert not module._forward_pre_hooks, name
+        assert "forward" not in module.__dict__, name
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.fixture(scope="module")
+def plain(calibration, tiny_tokenizer):
+    """llama without rotation, prefix or lm_head neuron, and a fixed code (LAS) this time;
+    with the eager reference logits."""
+    model = _model("llama")
+    tokens = _tokens()
+    reference = eager_logits(model, tokens)
+    fit = FitSettings("las", 4, 1)
+    spiking = convert(
+        model,
+        tiny_tokenizer,
+        fit,
+        _sampling(calibration),
+        rotate=False,
+        prefix=NO_PREFIX,
+        lm_head=False,
+        progress=False,
+    )
+    return spiking, reference
+
+
+def test_no_prefix(plain):
+    spiking, _ = plain
+    assert spiking.spec.prefix_tokens == ()
+    assert spiking.prefix is None
+    assert spiking.report["prefix_choice"]["chosen"] == []
+    assert spiking.report["prefix_seconds"] == 0.0
+
+
+def test_no_lm_head_site(plain):
+    spiking, _ = plain
+    assert "lm_head" not in spiking.sites
+    assert len(spiking.sites) == 10 * LAYERS
+    assert spiking.table.sites == 10 * LAYERS
+    assert not spiking.spec.lm_head
+    model = spiking.model
+    with spiking.coded():
+        assert not model.lm_head._forward_pre_hooks  # the head reads analog values
+        assert model.model.layers[1].self_attn.o_proj._forward_pre_hooks
+
+
+def test_no_rotation(plain):
+    spiking, reference = plain
+    assert not spiking.spec.rotate
+    assert spiking.down_rotation is None
+    analog = _logits_under(spiking, spiking.analog(), _tokens())
+    assert (analog - reference).abs().max() <= 1e-5 * reference.abs().max()
+    coded = _logits_under(spiking, spiking.coded(), _tokens())
+    assert _relative_error(coded, reference) > 1e-3
+
+
+def test_fixed_code_spec(plain):
+    spiking, _ = plain
+    assert (spiking.spec.method, spiking.spec.timesteps, spiking.spec.grains) == ("las", 4, 1)
+    assert spiking.report["seconds"]["training"] > 0
+    assert spiking.report["spec"]["method"] == "las"
+
+
+@pytest.mark.parametrize("method", ["las", "ttfs", "rate", "spikedattention", "phase"])
+def test_other_methods_convert(method, calibration, tiny_tokenizer):
+    fit = FitSettings(method, 4, 1)
+    spiking = convert(_model("llama"), tiny_tokenizer, fit, _sampling(calibration), progress=False)
+    spec = spiking.spec
+    assert (spec.method, spec.timesteps, spec.grains, spec.rotate) == (method, 4, 1, True)
+    choice = spiking.report["prefix_choice"]  # measured on this model
+    assert list(spec.prefix_tokens) == choice["chosen"] and choice["candidates"]
+    assert (spiking.prefix is not None) == bool(spec.prefix_tokens)
+    assert spiking.table.sites == len(spiking.sites) == 10 * LAYERS + 1
+    budget = {"ttfs": 1, "spikedattention": 2}.get(method, 0)
+    assert spiking.table.max_spikes.tolist() == [budget] * spiking.table.sites
+    tokens = _tokens()
+    analog = _logits_under(spiking, spiking.analog(), tokens)
+    coded = _logits_under(spiking, spiking.coded(), tokens)
+    assert torch.isfinite(coded).all()
+    assert _relative_error(coded, analog) > 1e-3
+    assert len(spiking.report["sites"]) == spiking.table.sites
+    assert spiking.report["spec"]["method"] == method
