@@ -27,10 +27,13 @@ def test_default_model_converts_and_scores():
         model, tokenizer, fit, SamplingSettings(samples=64, sequences=2, seq_len=64), progress=False
     )
     assert len(spiking.sites) == 10 * model.config.num_hidden_layers + 1
-    assert spiking.spec.prefix_tokens[0] == tokenizer.bos_token_id
+    choice = spiking.report["prefix_choice"]
+    assert spiking.spec.prefix_tokens and list(spiking.spec.prefix_tokens) == choice["chosen"]
+    chosen = [c for c in choice["candidates"] if c["token_ids"] == choice["chosen"]]
+    assert chosen[0]["accepted"] and chosen[0]["peak"] < choice["plain"]["peak"] / 10
     with spiking.analog():
         analog = perplexity(model, windows, spiking.prefix, progress=False).ppl
     with spiking.coded():
         snn = perplexity(model, windows, spiking.prefix, progress=False).ppl
     assert math.isfinite(snn) and snn != analog
-    assert abs(analog / ann - 1) < 0.5  # the BOS prefix changes the context, not the model
+    assert abs(analog / ann - 1) < 0.5  # the prefix changes the context, not the model

@@ -251,7 +251,7 @@ def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:
         "positions": list(range(positions)),
         "before": before[:, :positions].tolist(),
         "after": after[:, :positions].tolist(),
-        "after_label": f"after rotation + prefix ({prefix_length} tokens)",
+        "after_label": f"after rotation + prefix of {prefix_length}",
     }
 
 
