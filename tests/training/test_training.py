@@ -13,7 +13,6 @@ from phasecode.coding.neuron import fire_steps, value
 from phasecode.coding.table import UNLIMITED, CodeTable, phase_weights
 from phasecode.errors import PhasecodeError
 from phasecode.training.alternating import TrainConfig, train_neurons
-from phasecode.training.calibrate import fit_scale, fit_tau
 from phasecode.training.neurons import (
     MIN_BASE,
     PhaseNeurons,
@@ -21,6 +20,7 @@ from phasecode.training.neurons import (
     rounding_las,
     spike_statistics,
 )
+from phasecode.training.scale_fit import fit_scale, fit_tau
 from phasecode.training.search import search_allocation
 from phasecode.training.surrogate import SigmoidSurrogate
 from phasecode.training.uniform import best_step, grid_quantize

@@ -16,7 +16,7 @@ from phasecode.coding.neuron import value
 from phasecode.coding.table import CodeTable
 from phasecode.settings import FitSettings
 from phasecode.training.alternating import train_neurons
-from phasecode.training.calibrate import fit_tau
+from phasecode.training.scale_fit import fit_tau
 from phasecode.training.search import search_allocation
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
 
