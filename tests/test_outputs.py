@@ -45,6 +45,19 @@ def _artifact(directory: Path, kind: str = KIND) -> None:
 # --- check_output_file -----------------------------------------------------------------------
 
 
+def _probe_fails(monkeypatch, error: OSError) -> None:
+    """The writability probe's create fails with ``error``, as on a read-only mount (root
+    writes through chmod, so a real unwritable directory cannot be made here)."""
+    real_open = os.open
+
+    def refuse(path, flags, *args):
+        if "phasecode-probe" in str(path):
+            raise error
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(outputs.os, "open", refuse)
+
+
 def test_output_file_accepts_new_and_existing_files_and_creates_nothing(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text("{}")
     listing = sorted(p.name for p in tmp_path.iterdir())
@@ -102,14 +115,7 @@ def test_output_file_refuses_system_paths(tmp_path: Path, target: str) -> None:
 
 def test_output_file_refuses_an_unwritable_parent(tmp_path: Path, monkeypatch) -> None:
     """Simulated (root writes through chmod): the probe's create fails as on a read-only mount."""
-    real_open = os.open
-
-    def read_only(path, flags, *args):
-        if "phasecode-probe" in str(path):
-            raise OSError(30, "Read-only file system")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(outputs.os, "open", read_only)
+    _probe_fails(monkeypatch, OSError(30, "Read-only file system"))
     target = tmp_path / "r.json"
     message = _refused(check_output_file, tmp_path, target, needle="not writable", shown=target)
     assert "Read-only file system" in message
@@ -247,14 +253,7 @@ def test_artifact_dir_refuses_system_paths(target: str) -> None:
 
 
 def test_artifact_dir_refuses_an_unwritable_directory(tmp_path: Path, monkeypatch) -> None:
-    real_open = os.open
-
-    def read_only(path, flags, *args):
-        if "phasecode-probe" in str(path):
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(outputs.os, "open", read_only)
+    _probe_fails(monkeypatch, PermissionError(13, "Permission denied"))
     for target in (tmp_path, tmp_path / "new"):
         _refused(
             check_artifact_dir, tmp_path, target, KIND, False, needle="not writable", shown=target
