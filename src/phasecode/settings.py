@@ -4,6 +4,7 @@ the jobs and the comparison grid."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from phasecode.errors import PhasecodeError
 from phasecode.training.alternating import TrainConfig
 
 METHODS = ("mgpc", "las", "spikedattention", "ttfs", "rate", "phase")
+CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire −1 (neuron.py)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 
 
@@ -35,11 +37,36 @@ class FitSettings:
     timesteps: int = 8
     grains: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
+    code: str = "binary"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             choices = ", ".join(METHODS)
             raise PhasecodeError(f"unknown method {self.method!r}; choose from {choices}")
+        if self.code not in CODES:
+            raise PhasecodeError(f"unknown code {self.code!r}; choose from {', '.join(CODES)}")
+        if self.code != "binary" and self.method != "mgpc":
+            raise PhasecodeError(f"--code {self.code} trains its neurons: it needs --method mgpc")
         validate_timesteps(self.timesteps, TTFS_TIMESTEPS if self.method == "ttfs" else PHASE_LIMIT)
         if not 1 <= self.grains <= self.timesteps:
             raise PhasecodeError(f"grains must be in 1..T={self.timesteps}, got {self.grains}")
+
+
+@dataclass(frozen=True)
+class EnergyBudget:
+    """Convert under a total energy budget: per-site T and energy-aware training
+    (``training.budget``). ``ratio`` is the predicted SNN/ANN total energy at which to stop,
+    on a ``context``-token window priced with the ``costs`` preset or file."""
+
+    ratio: float
+    min_timesteps: int = 3
+    context: int = 512
+    costs: str = "45nm-fp32"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.ratio) and self.ratio > 0):
+            raise PhasecodeError(f"an energy budget must be a number > 0, got {self.ratio}")
+        if self.min_timesteps < 1:
+            raise PhasecodeError(f"--min-timesteps must be >= 1, got {self.min_timesteps}")
+        if self.context < 1:
+            raise PhasecodeError(f"the energy context must be >= 1 token, got {self.context}")

@@ -66,6 +66,19 @@ CASES = [
     (["convert", "--model", "{root}/empty", "--out", "{root}/new"], ["empty"]),
     (["convert", "--model", "{root}/garbage.gguf", "--out", "{root}/new"], ["garbage.gguf"]),
     (["convert", "--model", "{root}/nowhere/x", "--out", "{root}/new"], ["not found"]),
+    (_convert("--energy-budget", "-1", "--out", "{root}/new"), ["energy budget", "> 0"]),
+    (_convert("--energy-budget", ".8", "--min-timesteps", "0", "--out", "{root}/n"), ["--min-t"]),
+    (
+        _convert("--energy-budget", ".8", "--costs", "{root}/list.json", "--out", "{root}/n"),
+        ["list"],
+    ),
+    (_convert("--code", "signed-digit", "--method", "las", "--out", "{root}/new"), ["mgpc"]),
+    # pareto
+    (["pareto", "--budgets", "0.8,x", "--out", "{root}/new"], ["--budgets"]),
+    (["pareto", "--budgets", "0", "--out", "{root}/new"], ["energy budget"]),
+    (["pareto", "--masks", "8", "--out", "{root}/new"], ["--masks"]),
+    (["pareto", "--uniform", "8,99", "--out", "{root}/new"], ["timesteps"]),
+    (["pareto", "--model", "{root}/model", "--out", "{root}/calib.jsonl"], ["calib.jsonl"]),
     # neurons
     (["neurons", "--model", "{root}/model", "--out", "{root}/mine"], ["not empty"]),
     (["neurons", "--model", "{root}/model", "--json", "{root}/mine"], ["directory"]),

@@ -8,9 +8,11 @@ from helpers import eager_logits, logits, randomize_weights
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-from phasecode.coding import neuron
+from phasecode.coding import attention, neuron
+from phasecode.coding.attention import coded_attention
 from phasecode.coding.baselines import las
 from phasecode.coding.neuron import value
+from phasecode.conversion import surgery
 from phasecode.conversion.handlers import Coder, Observer, Passthrough
 from phasecode.conversion.surgery import ATTENTION_KEY, SpikingSurgery
 from phasecode.errors import PhasecodeError
@@ -404,3 +406,69 @@ def test_compiled_coder_equals_eager_value_bit_exactly(coding_setup, monkeypatch
     assert "value" in neuron._COMPILED  # the compiled kernel really ran
     assert not torch.equal(reference, ann)
     assert torch.equal(got, reference)
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _reference_handler(coder: Coder):
+    """The same neurons behind a plain function: the surgery then runs the eager reference
+    attention (the S×L softmax handed whole to the probabilities' neuron)."""
+    return lambda site, x: coder(site, x)
+
+
+def test_coder_attention_is_within_rounding_of_the_reference(coding_setup, monkeypatch):
+    """Blocks of 2 query rows, each leaving out the keys none of its rows sees: the logits
+    agree with the reference to float32 rounding (no probability sits on a threshold here)."""
+    model, tokens, _ = coding_setup
+    coder = _las_coder(model, tokens, 6, compiled=False)
+    with SpikingSurgery(model, _reference_handler(coder)):
+        reference = logits(model, tokens)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return coded_attention(*args, **kwargs)
+
+    monkeypatch.setattr(surgery, "coded_attention", counting)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", BATCH * HEADS * SEQ * 2)
+    with SpikingSurgery(model, coder):
+        got = logits(model, tokens)
+    assert len(calls) == SIZES["num_hidden_layers"]
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_coder_generation_with_a_kv_cache_matches_the_reference(coding_setup):
+    """Prefill, then one query row per step over a growing cache: the same greedy tokens."""
+    model, tokens, _ = coding_setup
+    coder = _las_coder(model, tokens, 6, compiled=False)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with SpikingSurgery(model, _reference_handler(coder)):
+        reference = model.generate(tokens[:, :5], **settings)
+    with SpikingSurgery(model, coder):
+        got = model.generate(tokens[:, :5], **settings)
+    assert torch.equal(got, reference)
+
+
+def test_coder_in_float64_keeps_the_reference_attention(monkeypatch):
+    """Float64 models serve exact checks (the simulator's parity): no blocked kernel there."""
+    model = to_float64(_model("llama"))
+    tokens = _tokens()
+    coder = _las_coder(model, tokens, 6, compiled=False)
+    monkeypatch.setattr(surgery, "coded_attention", None)  # would raise if called
+    with SpikingSurgery(model, coder):
+        got = logits(model, tokens)
+    with SpikingSurgery(model, _reference_handler(coder)):
+        assert torch.equal(got, logits(model, tokens))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_passthrough_in_float32_is_sdpa_within_rounding(arch):
+    """The plain prepared ANN runs SDPA and skips the head rotation ((QH)(KH)ᵀ = QKᵀ)."""
+    model = _model(arch)
+    tokens = _tokens()
+    reference = eager_logits(model, tokens)
+    rotation = OnlineRotation(HEAD_DIM, seed=1)
+    with SpikingSurgery(model, Passthrough(), head_rotation=rotation):
+        got = logits(model, tokens)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)

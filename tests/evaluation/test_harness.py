@@ -1,9 +1,11 @@
 """PhasecodeLM, the lm-eval model: the same log-likelihoods as a direct forward after the
-prefix (batched, padded, truncated), ANN vs SNN, rolling and greedy requests, model args,
+prefix (batched, padded, truncated), contexts run once for all their continuations with the
+same numbers as whole windows, ANN vs SNN, rolling and greedy requests, model args,
 registration and the `phasecode-lm-eval` wrapper."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import lm_eval
@@ -14,9 +16,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model, model_registry
 from task_data import hand_loglikelihood, tiny_spiking, write_task_data
 
+from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
 from phasecode.evaluation import harness
-from phasecode.evaluation.harness import PhasecodeLM
+from phasecode.evaluation.harness import PhasecodeLM, TokenRequest
 
 REQUESTS = [
     ("Question: What melts ice?\nAnswer:", " heat"),
@@ -119,6 +122,137 @@ def test_generate_until_is_greedy_and_stops(spiking):
     assert lm.generate_until(_instances("generate_until", requests)) == [cut]
     with pytest.raises(NotImplementedError, match="greedily"):
         lm.generate_until(_instances("generate_until", [(context, {"do_sample": True})]))
+
+
+# ----------------------------------------------------------------------------- shared contexts
+
+QUESTIONS = [
+    ("Question: What melts ice?\nAnswer:", [" heat", " a cold wind", " salt water", " rock"]),
+    ("Question: Which is alive?\nAnswer:", [" a stone", " a tree", " glass"]),
+    ("Sun is a", [" A", " B", " C", " D", " E"]),
+    ("Ann beat Bo so", [" Ann was glad.", " Bo was glad."]),
+    ("x", [" y", " zz"]),  # one context token: nothing to share, runs whole windows
+    ("abcdefghij" * 20, [" end", " the very end"]),  # truncated, cut differently per choice
+]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["prefix", "no-prefix"])
+def prefixed(request, spiking) -> SpikingModel:
+    """The tiny converted model with its prefix, and the same model without one."""
+    if request.param:
+        return spiking
+    return dataclasses.replace(spiking, prepared=dataclasses.replace(spiking.prepared, prefix=None))
+
+
+@torch.no_grad()
+def _whole_windows(lm: PhasecodeLM, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
+    """The path before context sharing, one request at a time (no padding, no batch): the
+    request's whole window (``_window``: its last max_length + 1 tokens) after the prefix."""
+    answers = []
+    with lm._installed():
+        for _, context, continuation in requests:
+            inputs, targets = lm._window(context, continuation)
+            cache = lm._cache(1)
+            logits = lm.spiking.model(
+                input_ids=torch.tensor([inputs]), cache=cache, use_cache=cache is not None
+            ).logits[0, -len(targets) :]
+            logprobs = logits.float().log_softmax(dim=-1)
+            target = torch.tensor(targets)
+            picked = logprobs.gather(1, target[:, None]).squeeze(1).double().sum()
+            answers.append((float(picked), bool((logprobs.argmax(dim=-1) == target).all())))
+    return answers
+
+
+def _question_requests(lm: PhasecodeLM) -> tuple[list[TokenRequest], list[list[str]]]:
+    """QUESTIONS as lm-eval tokenizes them, each with one more choice: the two tokens the
+    model itself continues the context with (so some greedy flags are True), and one request
+    whose continuation alone outgrows max_length."""
+    requests, choices = [], []
+    for context, options in QUESTIONS:
+        ids = lm.tok_encode(context)
+        tokens = list(ids)
+        with lm._installed(), torch.no_grad():
+            for _ in range(2):
+                cache = lm._cache(1)
+                logits = lm.spiking.model(
+                    input_ids=torch.tensor([tokens]), cache=cache, use_cache=cache is not None
+                ).logits
+                tokens.append(int(logits[0, -1].argmax()))
+        own = [(None, ids, tokens[-2:])]
+        requests += [(None, *lm._encode_pair(context, option)) for option in options] + own
+        choices.append([*options, lm.tok_decode(tokens[-2:])])
+    long = lm.tok_encode("q" * (lm.max_length + 20))
+    requests.append((None, [lm.prefix_token_id], long))  # as lm-eval sends an empty context
+    return requests, choices
+
+
+@pytest.mark.parametrize("batch_size", [2, 16])
+@pytest.mark.parametrize("analog", [True, False], ids=["ann", "snn"])
+def test_shared_contexts_give_the_whole_window_numbers(prefixed, analog, batch_size):
+    """Contexts run once (batched, padded, their keys/values copied to every continuation) give
+    each request's whole-window log-likelihood, greedy flag and so acc / acc_norm decision.
+
+    Tolerance: 1e-5 per scored token, absolute. Both paths compute the same float32 values in
+    a different summation order (matmul shapes, padded softmax rows), so each token's
+    log-probability (|.| ~ 5, one ulp ~ 5e-7) may move by a few ulps, and a continuation's sum
+    adds those moves up; measured: at most 1e-6 in all. The coded model's neurons code
+    elementwise (the k/v neurons on the cached keys/values as attention reads them), so it is
+    position-wise too; a neuron flipping a level on a rounding difference would show here as a
+    far larger gap, and does not on these requests.
+    """
+    lm = _lm(prefixed, analog, batch_size)
+    requests, choices = _question_requests(lm)
+    shared = lm._loglikelihood_tokens(requests)
+    whole = _whole_windows(lm, requests)
+    for (ll, greedy), (expected, expected_greedy), (_, _, targets) in zip(
+        shared, whole, requests, strict=True
+    ):
+        assert ll == pytest.approx(expected, abs=1e-5 * len(targets))
+        assert greedy == expected_greedy
+    assert any(greedy for _, greedy in whole) and not all(greedy for _, greedy in whole)
+    at = 0
+    for options in choices:
+        new = [ll for ll, _ in shared[at : at + len(options)]]
+        old = [ll for ll, _ in whole[at : at + len(options)]]
+        at += len(options)
+        for norm in ([1] * len(options), [len(option) for option in options]):  # acc, acc_norm
+            pick = max(range(len(options)), key=lambda i: new[i] / norm[i])
+            assert pick == max(range(len(options)), key=lambda i: old[i] / norm[i])
+
+
+def test_a_context_runs_once_for_all_its_continuations(spiking, monkeypatch):
+    """One pass for the context (less its last token, which scores the first continuation
+    token), then one for the four choices, each from its last context token on."""
+    lm = _lm(spiking, True, batch_size=16)
+    context, options = QUESTIONS[0]
+    requests = [(None, *lm._encode_pair(context, option)) for option in options]
+    assert len({tuple(context) for _, context, _ in requests}) == 1
+    shapes = []
+    forward = lm._forward
+    monkeypatch.setattr(
+        lm, "_forward", lambda ids, *a: shapes.append(ids.shape) or forward(ids, *a)
+    )
+    lm._loglikelihood_tokens(requests)
+    tails = [len(continuation) for _, _, continuation in requests]
+    assert shapes == [(1, len(requests[0][1]) - 1), (4, max(tails))]
+
+
+def test_sliding_window_models_run_whole_windows(spiking, tiny_model, monkeypatch):
+    """A sliding window's cache drops and masks keys by cache slot, which the padding between a
+    context and its continuation would shift: such a model does not share contexts."""
+    assert not harness._full_attention(tiny_model("mistral"))
+    assert harness._full_attention(tiny_model("qwen2")) and harness._full_attention(spiking.model)
+    lm = _lm(spiking, True, batch_size=16)
+    monkeypatch.setattr(lm, "_shares_contexts", False)
+    requests, _ = _question_requests(lm)
+    assert {lm._split(0, c, k).shared for _, c, k in requests} == {()}
+    shared = lm._loglikelihood_tokens(requests)
+    whole = _whole_windows(lm, requests)
+    for (ll, greedy), (expected, expected_greedy), (_, _, targets) in zip(
+        shared, whole, requests, strict=True
+    ):
+        assert ll == pytest.approx(expected, abs=1e-5 * len(targets))
+        assert greedy == expected_greedy
 
 
 # ----------------------------------------------------------------------------- model args

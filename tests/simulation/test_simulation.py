@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 from phasecode.conversion.convert import SpikingModel, convert
 from phasecode.inference.prefix_choice import PrefixRequest
 from phasecode.jobs.generate import greedy_fast, greedy_spiking
+from phasecode.jobs.simulate import simulation_cost
 from phasecode.models.precision import to_float64
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.simulation.counting import Counter
@@ -76,6 +77,23 @@ def test_masked_simulator_equals_masked_fast_path(spiking):
     assert _relative(simulated, _fast_logits(spiking, tokens)) > 1e-6  # masking changes values
 
 
+def test_simulator_equals_fast_path_with_a_sliding_window(tmp_path, tiny_tokenizer):
+    """Blocks of query rows then see a band of keys that starts after the first."""
+    torch.manual_seed(0)
+    config = MistralConfig(**CONVERTIBLE_SIZES, sliding_window=5)
+    model = to_float64(AutoModelForCausalLM.from_config(config)).eval()
+    sampling = SamplingSettings(
+        samples=64, calibration=write_calibration(tmp_path / "c.jsonl"), sequences=4, seq_len=32
+    )
+    fit = FitSettings("mgpc", 4, 2, FAST_TRAINING)
+    spiking = convert(model, tiny_tokenizer, fit, sampling, progress=False)
+    tokens = _tokens(16)
+    fast = _fast_logits(spiking, tokens)
+    for elements in (1, 2 * 2 * 16 * 3):  # one query row, three rows per block
+        simulated = SpikingSimulator(spiking, attention_elements=elements).forward(tokens)
+        assert _relative(simulated, fast) <= 1e-9
+
+
 def test_counts_cover_every_site(spiking):
     counter = Counter()
     SpikingSimulator(spiking, counter=counter).forward(_tokens())
@@ -84,6 +102,25 @@ def test_counts_cover_every_site(spiking):
     snn, ann = counter.totals("snn"), counter.totals("ann")
     assert 0 < snn.spikes < snn.neuron_steps
     assert snn.ac > ann.ac and snn.mac < ann.mac
+
+
+def test_counts_add_up_over_chunks_and_attention_blocks(spiking):
+    whole, chunked = Counter(), Counter()
+    SpikingSimulator(spiking, counter=whole).forward(_tokens())
+    SpikingSimulator(spiking, counter=chunked, token_chunk=5, attention_elements=1).forward(
+        _tokens()
+    )
+    assert dict(chunked.snn) == dict(whole.snn) and dict(chunked.ann) == dict(whole.ann)
+
+
+def test_simulation_cost_reports_time_and_memory(spiking):
+    cost = simulation_cost(spiking, _tokens(), repeats=2)
+    assert cost["tokens"] == 12 and cost["timesteps"] == spiking.table.timesteps
+    for part in ("simulator", "ann"):
+        assert cost[part]["seconds"] > 0 and cost[part]["cpu_seconds"] > 0
+        assert cost[part]["peak_gib"] >= 0
+    ratio = cost["simulator"]["seconds"] / (cost["timesteps"] * cost["ann"]["seconds"])
+    assert cost["simulator_over_T_ann"] == ratio
 
 
 def test_greedy_generation_matches_with_a_kv_cache(spiking):

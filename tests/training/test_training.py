@@ -88,13 +88,24 @@ def test_surrogate_values_carry_exact_values_and_true_scale_gradient():
     tau = torch.tensor([0.8, 1.3], dtype=F64)
     neurons = PhaseNeurons(tau, [(2, 3), (5,)])
     magnitude = torch.rand(2, 300, generator=_gen(3), dtype=F64)
-    values, trains = neurons.surrogate_values(magnitude, sharpness=4.0)
-    assert trains.shape == (2, 5, 300)
+    values, count = neurons.surrogate_values(magnitude, sharpness=4.0)
+    exact = torch.stack(list(fire_steps(magnitude, neurons.frozen_table())), 1).sum(1)
+    torch.testing.assert_close(count.detach(), exact, rtol=0, atol=0)  # spikes per sample
     torch.testing.assert_close(values, value(magnitude, neurons.table()), rtol=0, atol=1e-15)
     values.sum().backward()
     # d ∝ scale and the spikes do not depend on d: ∂ΣSN/∂log(scale) = ΣSN exactly.
     torch.testing.assert_close(neurons.log_scale.grad, values.detach().sum(1))
     assert neurons.u_threshold.grad.abs().sum() > 0 and neurons.u_reset.grad.abs().sum() > 0
+
+
+def test_spike_count_has_a_surrogate_gradient_even_where_nothing_fired():
+    """The energy term must be able to move thresholds of neurons that did not fire."""
+    neurons = PhaseNeurons(torch.tensor([1.0], dtype=F64), [(4,)], signed=True)
+    magnitude = torch.full((1, 50), 0.02, dtype=F64)  # below every threshold: no spike
+    _, count = neurons.surrogate_values(magnitude, sharpness=4.0)
+    assert count.detach().sum() == 0
+    count.sum().backward()
+    assert neurons.u_threshold.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- quadratic loss

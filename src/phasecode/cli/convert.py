@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from phasecode.cli import options
+from phasecode.errors import PhasecodeError
 from phasecode.outputs import check_artifact_dir
+from phasecode.settings import EnergyBudget, FitSettings
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -19,6 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--balance", action="store_true", help="balance the SiLU·up operands per channel"
     )
+    parser.add_argument(
+        "--energy-budget",
+        type=float,
+        metavar="RATIO",
+        help="stop at this predicted total energy ratio to the ANN: timesteps chosen per site "
+        "(a knapsack over loss sensitivity and energy) and spikes priced in training",
+    )
+    parser.add_argument(
+        "--min-timesteps",
+        type=int,
+        default=EnergyBudget.min_timesteps,
+        help="the fewest timesteps --energy-budget may give a site",
+    )
+    parser.add_argument(
+        "--costs",
+        default=EnergyBudget.costs,
+        help="energy costs for --energy-budget: a preset (45nm-fp32, 45nm-fp16, 45nm-int8) "
+        "or a JSON file",
+    )
     parser.add_argument("--out", type=Path, required=True, help="artifact directory")
     parser.add_argument("--force", action="store_true", help="overwrite an artifact in --out")
 
@@ -27,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.convert import convert_job
 
     fit = options.fit_settings(args)
+    budget = energy_budget(args, fit)
     sampling = options.sampling_settings(args)
     prefix = options.prefix_request(args)
     where = options.placement(args)
@@ -44,5 +66,22 @@ def run(args: argparse.Namespace) -> int:
         balance=args.balance,
         weight_bits=args.weight_bits,
         placement=where,
+        budget=budget,
     )
     return 0
+
+
+def energy_budget(args: argparse.Namespace, fit: FitSettings) -> EnergyBudget | None:
+    """The checked --energy-budget settings (None without the option)."""
+    from phasecode.simulation.energy import load_costs
+
+    if args.energy_budget is None:
+        return None
+    if fit.method != "mgpc":
+        raise PhasecodeError("--energy-budget trains its neurons: it needs --method mgpc")
+    if not 1 <= args.min_timesteps <= fit.timesteps:
+        raise PhasecodeError(
+            f"--min-timesteps must be in 1..T={fit.timesteps}, got {args.min_timesteps}"
+        )
+    load_costs(args.costs)  # a bad cost file is refused before the model loads
+    return EnergyBudget(args.energy_budget, args.min_timesteps, costs=args.costs)

@@ -16,7 +16,7 @@ from phasecode.models.devices import DTYPES, resolve_device, resolve_dtype
 from phasecode.models.loading import DEFAULT_MODEL
 from phasecode.models.placement import Placement
 from phasecode.models.quantize import WEIGHT_BITS
-from phasecode.settings import METHODS, FitSettings, SamplingSettings
+from phasecode.settings import CODES, METHODS, FitSettings, SamplingSettings
 from phasecode.training.alternating import MODES, TrainConfig
 
 MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
@@ -87,6 +87,14 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=TrainConfig.rounds, help="N of Alg. 1")
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
     parser.add_argument(
+        "--code",
+        default="binary",
+        choices=CODES,
+        metavar="|".join(CODES),
+        help="mgpc neuron: spikes carry the input's sign (binary) or may also fire -1 to "
+        "correct an overshoot (signed-digit: fewer spikes)",
+    )
+    parser.add_argument(
         "--mode",
         default=TrainConfig.mode,
         choices=MODES,
@@ -106,7 +114,7 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
     if not (math.isfinite(args.lr_threshold) and args.lr_threshold > 0) or args.rounds < 1:
         raise PhasecodeError("--lr-threshold must be a finite number > 0 and --rounds >= 1")
     train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds, mode=args.mode)
-    return FitSettings(args.method, args.timesteps, args.grains, train)
+    return FitSettings(args.method, args.timesteps, args.grains, train, args.code)
 
 
 def add_sampling(parser: argparse.ArgumentParser, seq_len_option: str = "--seq-len") -> None:

@@ -10,17 +10,24 @@ with the dynamics above and each spike carries the sign of x, so spikes are tern
 (including 0) mirrored around zero. A site whose activations are non-negative (softmax
 probabilities) simply never emits −1.
 
+Signed-digit neurons (``CodeTable.negative_threshold``) may also fire a −1 on the magnitude
+when an earlier spike overshot: s(t) = Θ(v − θ⁺(t)) − Θ(−v − θ⁻(t)), and the reset subtracts
+h(t)·s(t) either way. Values are then written in a signed-digit form (7 = 8 − 1: two spikes
+instead of three), and the last step can round instead of truncate.
+
+Per-site timesteps (``CodeTable.steps``): a site never fires after its own T.
+
 Inputs are laid out as [S, ...]: one leading axis of sites matching the table's rows.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from phasecode import compile_cache
 from phasecode.coding.table import UNLIMITED, CodeTable
 from phasecode.errors import PhasecodeError
 
@@ -49,11 +56,16 @@ def fire_steps(
     if limited:
         count = torch.zeros_like(magnitude)
         allowed = _per_site(torch.where(budget == UNLIMITED, table.timesteps, budget), magnitude)
+    active = None if table.uniform_steps else table.step_mask().to(magnitude.dtype)
     for t in range(table.timesteps):
         s = step_fn(v - _per_site(table.threshold[:, t], v), t)
+        if table.signed:
+            s = s - step_fn(-v - _per_site(table.negative_threshold[:, t], v), t)
         if limited:
             s = s * (count < allowed).to(s.dtype)
-            count = count + s.detach()
+            count = count + s.detach().abs()
+        if active is not None:
+            s = s * _per_site(active[:, t], s)
         v = v - _per_site(table.reset[:, t], v) * s
         yield s
 
@@ -91,35 +103,60 @@ def mask_window(timesteps: int, strength: int) -> int:
     return timesteps - 1 - strength
 
 
-def mask_spikes(spike_train: Tensor, strength: int) -> Tensor:
-    """A [T, ...] spike train with the spikes masking of ``strength`` drops set to zero."""
+def site_window(steps: int, strength: int) -> int:
+    """``mask_window`` for a site that uses ``steps`` of a table's T (per-site timesteps): a
+    strength beyond the site's own T keeps only its first spike."""
+    return max(steps - 1 - strength, 0)
+
+
+def mask_spikes(spike_train: Tensor, strength: int, steps: int | None = None) -> Tensor:
+    """A [T, ...] spike train with the spikes masking of ``strength`` drops set to zero
+    (``steps``: the site's own T when it uses fewer than the train's)."""
     timesteps = spike_train.shape[0]
-    window = mask_window(timesteps, strength)
-    if window == timesteps - 1:
+    mask_window(timesteps, strength)
+    window = site_window(timesteps if steps is None else steps, strength)
+    if window >= timesteps - 1:
         return spike_train
     fired = spike_train != 0
-    steps = torch.arange(timesteps, device=spike_train.device).view(-1, *[1] * (fired.dim() - 1))
-    first = torch.where(fired, steps, timesteps).amin(0)
-    return torch.where(steps - first <= window, spike_train, torch.zeros_like(spike_train))
+    step = torch.arange(timesteps, device=spike_train.device).view(-1, *[1] * (fired.dim() - 1))
+    first = torch.where(fired, step, timesteps).amin(0)
+    return torch.where(step - first <= window, spike_train, torch.zeros_like(spike_train))
 
 
 def _fused_site_value(
-    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, budget: int, window: int
+    x: Tensor,
+    threshold: Tensor,
+    negative: Tensor,
+    reset: Tensor,
+    weight: Tensor,
+    budget: int,
+    window: int,
+    signed: bool,
 ) -> Tensor:
     """``value`` for one site on a flat tensor, written so a compiler can fuse all T steps into
     one pass. Each step is the same IEEE operation as in ``fire_steps`` (v ≥ θ ⇔ v − θ ≥ 0;
-    v − h·1 = v − h; v − h·0 = v), so results are bit-identical to ``value``. Spikes later than
-    ``window`` steps after the first are left out of the output (``mask_spikes``)."""
+    −v ≥ θ⁻ ⇔ −v − θ⁻ ≥ 0; v − h·1 = v − h; v − h·(−1) = v + h; v − h·0 = v), so results are
+    bit-identical to ``value``. Spikes later than ``window`` steps after the first are left out
+    of the output (``mask_spikes``). ``negative`` is read only when ``signed``."""
     v = x.abs()
     out = torch.zeros_like(x)
     count = torch.zeros_like(x)
     first = torch.full_like(x, float(threshold.shape[0]))
     for t in range(threshold.shape[0]):
-        fire = (v >= threshold[t]) & (count < budget)
+        allowed = count < budget
+        up = (v >= threshold[t]) & allowed
+        fire = up
+        if signed:
+            down = (-v >= negative[t]) & allowed
+            fire = up | down
         count = count + fire.to(x.dtype)
         first = torch.where(fire & (first > t), float(t), first)
-        v = torch.where(fire, v - reset[t], v)
-        out = torch.where(fire & (t - first <= window), out + weight[t], out)
+        kept = t - first <= window
+        v = torch.where(up, v - reset[t], v)
+        out = torch.where(up & kept, out + weight[t], out)
+        if signed:
+            v = torch.where(down, v + reset[t], v)
+            out = torch.where(down & kept, out - weight[t], out)
     return torch.sign(x) * out
 
 
@@ -132,24 +169,39 @@ def fast_site_value(
     """SN(x) for any-shaped ``x`` coded by a one-site table, as one fused (compiled) pass.
 
     This is the fast path's kernel. ``torch.compile`` turns the T steps into a single loop over
-    the elements (≈40× faster than eager on CPU); set ``compiled=False`` or the environment
-    variable PHASECODE_COMPILE=0 to run the same code eagerly. ``mask_strength`` applies
-    spike masking (``mask_window``).
+    the elements (≈40× faster than eager on CPU; one graph for every size, cached on disk by
+    ``compile_cache``); set ``compiled=False`` or the environment variable PHASECODE_COMPILE=0
+    to run the same code eagerly. ``mask_strength`` applies spike masking (``mask_window``); a
+    site using fewer steps than the table's T runs only those.
     """
+    fn = _fused_site_value
+    if compiled and compile_cache.enabled():
+        fn = _COMPILED.setdefault("value", compile_cache.compiled(_fused_site_value))
+    dtype = firing_dtype(x.dtype)
+    # detached: a flat view of a 3-d or 4-d tensor would make the compiled kernel guard on (and
+    # recompile for) the layout of the tensor it views
+    flat = fn(x.reshape(-1).to(dtype).detach(), *fused_arguments(table, mask_strength, x))
+    return flat.reshape(x.shape).to(x.dtype)
+
+
+def fused_arguments(table: CodeTable, mask_strength: int, like: Tensor) -> tuple:
+    """``_fused_site_value``'s arguments after the input for a one-site table, on ``like``'s
+    device in its firing dtype (also for kernels that fuse the neuron with other work)."""
     if table.sites != 1:
         raise ValueError("fast_site_value codes one site; select it from the table first")
-    dtype = firing_dtype(x.dtype)
+    dtype = firing_dtype(like.dtype)
     row = table if table.threshold.dtype == dtype else table.to(dtype)
-    row = row if row.threshold.device == x.device else row.to(device=x.device)
+    row = row if row.threshold.device == like.device else row.to(device=like.device)
     budget = int(row.max_spikes[0]) or row.timesteps
-    fn = _fused_site_value
-    if compiled and os.environ.get("PHASECODE_COMPILE", "1") != "0":
-        fn = _COMPILED.setdefault("value", torch.compile(_fused_site_value, dynamic=True))
-    window = mask_window(row.timesteps, mask_strength)
-    flat = fn(
-        x.reshape(-1).to(dtype), row.threshold[0], row.reset[0], row.weight[0], budget, window
-    )
-    return flat.reshape(x.shape).to(x.dtype)
+    steps = int(row.steps[0])
+    threshold = row.threshold[0]
+    negative = (row.negative_threshold if row.signed else row.threshold)[0]
+    if steps < row.timesteps:  # steps past the site's own T never fire; one kernel for all T
+        after = torch.arange(steps, row.timesteps, device=like.device)
+        threshold = threshold.index_fill(0, after, torch.inf)
+        negative = negative.index_fill(0, after, torch.inf)
+    window = site_window(steps, mask_strength)
+    return threshold, negative, row.reset[0], row.weight[0], budget, window, row.signed
 
 
 def firing_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -37,8 +37,8 @@ class ResultStore:
     def done(self, key: str) -> bool:
         return self.records.get(key, {}).get("status") == "ok"
 
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
+    def get(self, key: str, default: dict | None = None) -> dict | None:
+        return self.records.get(key, default)
 
     def put(self, key: str, record: dict) -> None:
         self.records[key] = record

@@ -7,7 +7,8 @@
 2. optionally the SiLU·up operands balanced per channel (``balance.py``); calibration windows run
    through the model with an ``Observer`` on every site (after the prefix, so no site sees
    the prefix tokens' massive activations; their cached K/V pass the k/v neurons on use);
-3. all neurons trained in one batch (``training.fit.fit_codes``);
+3. all neurons trained in one batch (``training.fit.fit_codes``); under an energy budget
+   (``simulation.budget``) each site has its own T and training prices its spikes;
 4. the result is a ``SpikingModel`` whose ``coded()`` surgery is the fast equivalent path.
 A converted model is fully described by its ``ConversionSpec`` and code table, so an artifact
 stores only those and rebuilds the rest from the base model on load.
@@ -27,6 +28,7 @@ from phasecode.calibration.text import read_texts, token_batches
 from phasecode.coding.table import CodeTable
 from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
 from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
+from phasecode.conversion.sensitivity import site_sensitivity
 from phasecode.conversion.surgery import SpikingSurgery
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix
@@ -64,6 +66,7 @@ class ConversionSpec:
     weight_bits: int | None = None  # decoder linears fake-quantized to 8 or 4 bits; None: full
     # per-head Hadamard on Q and K after RoPE (online) and on V (folded into v/o_proj)
     rotate_heads: bool = False
+    code: str = "binary"  # the neuron: binary or signed-digit (settings.CODES)
 
     def __post_init__(self) -> None:
         check_weight_bits(self.weight_bits)
@@ -177,6 +180,22 @@ class Calibrated:
     seconds: float
     prefix_choice: dict  # why the prefix is what it is (``PrefixChoice.report``)
     outliers_profile: dict  # ``outlier_profile``: the report's outlier picture
+    windows: Tensor  # the calibration windows [n, L]
+    _sensitivity: Tensor | None = None
+
+    def sensitivity(self, progress: bool = True) -> Tensor:
+        """F_s per site (``calibration.sensitivity``), measured once on the calibration
+        windows through the prepared ANN."""
+        if self._sensitivity is None:
+            self._sensitivity = site_sensitivity(
+                self.model,
+                lambda handler: self.prepared.surgery(self.model, handler, self.spec.lm_head),
+                self.sites,
+                self.windows,
+                self.prepared.prefix,
+                progress,
+            )
+        return self._sensitivity
 
 
 def calibrate(
@@ -237,7 +256,17 @@ def calibrate(
     after = torch.stack([observer.down_peaks[s] for s in sites if site_kind(s) == "down"])
     outliers = outlier_profile(before.amax(1), after, len(prefix_tokens))
     return Calibrated(
-        model, tokenizer, spec, sites, prepared, train, heldout, seconds, prefix_report, outliers
+        model,
+        tokenizer,
+        spec,
+        sites,
+        prepared,
+        train,
+        heldout,
+        seconds,
+        prefix_report,
+        outliers,
+        windows,
     )
 
 
@@ -255,13 +284,23 @@ def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:
     }
 
 
-def fit_spiking(calibrated: Calibrated, fit: FitSettings, progress: bool = True) -> SpikingModel:
-    """Step 3: train (or set) one neuron per site and score it on the held-out samples."""
+def fit_spiking(
+    calibrated: Calibrated,
+    fit: FitSettings,
+    progress: bool = True,
+    steps: Tensor | None = None,
+    spike_costs: Tensor | None = None,
+) -> SpikingModel:
+    """Step 3: train (or set) one neuron per site and score it on the held-out samples;
+    ``steps`` and ``spike_costs`` (per site, ``simulation.budget``) give each site its own T
+    and price its spikes in training."""
     c = calibrated
-    spec = replace(c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains)
+    spec = replace(
+        c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains, code=fit.code
+    )
     device = next(c.model.parameters()).device  # train where the model runs (a GPU: faster)
     train, heldout = c.train.to(device), c.heldout.to(device)
-    result = fit_codes(train, fit, progress)
+    result = fit_codes(train, fit, progress, steps, spike_costs)
     scores = score_sites(result.table, train, heldout)
     table = result.table.to(device="cpu")
     curve = result.loss_curve.cpu() if result.loss_curve is not None else None

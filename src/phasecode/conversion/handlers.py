@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from phasecode.calibration.reservoir import Reservoir
-from phasecode.coding.neuron import fast_site_value, firing_dtype, mask_window
+from phasecode.coding.neuron import fast_site_value, firing_dtype, fused_arguments, mask_window
 from phasecode.coding.table import CodeTable
 from phasecode.models.sites import site_kind
 
@@ -74,6 +74,7 @@ class Coder:
         self.rows = {name: table.select(i) for i, name in enumerate(sites)}
         self.compiled, self.mask_strength = compiled, mask_strength
         self._placed: dict[tuple[str, torch.device, torch.dtype], CodeTable] = {}
+        self._fused: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
         row = self.rows.get(site)
@@ -85,3 +86,15 @@ class Coder:
             placed = self._placed[key] = row.to(key[2], x.device)
         with torch.no_grad():
             return fast_site_value(x, placed, self.compiled, self.mask_strength)
+
+    def fused(self, site: str, like: Tensor) -> tuple | None:
+        """The site's neuron as a fused kernel takes it (``fused_arguments``), on ``like``'s
+        device in its firing dtype, built once (None: the site passes through). The coded
+        attention codes the probabilities inside its own kernel with it."""
+        row = self.rows.get(site)
+        if row is None:
+            return None
+        key = (site, like.device, like.dtype)
+        if key not in self._fused:
+            self._fused[key] = fused_arguments(row, self.mask_strength, like)
+        return self._fused[key]

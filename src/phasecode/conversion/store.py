@@ -55,9 +55,11 @@ def _check_consistent(tensors: dict, metadata: dict) -> None:
         raise ValueError(f"spec says T={spec['timesteps']}, the table has {table.timesteps}")
     if table.sites != len(metadata["sites"]):
         raise ValueError(f"{len(metadata['sites'])} sites for {table.sites} table rows")
-    for allocation in table.allocations or []:
-        if sum(allocation) != spec["timesteps"] or len(allocation) > spec["grains"]:
-            raise ValueError(f"allocation {allocation} disagrees with T and grains")
+    for allocation in table.allocations or []:  # its sum is checked against the site's T
+        if len(allocation) > spec["grains"]:
+            raise ValueError(f"allocation {allocation} has more than {spec['grains']} grains")
+    if table.signed != (spec.get("code", "binary") == "signed-digit"):
+        raise ValueError(f"spec says code {spec.get('code', 'binary')!r}, the table disagrees")
 
 
 def read_spiking_metadata(directory: str | Path) -> dict:

@@ -2,8 +2,9 @@
 
 - q/k/v input: a forward pre-hook on the attention module (its ``hidden_states`` argument);
 - Q and K after RoPE, V, and the attention probabilities: an attention function registered in
-  transformers' attention registry under ``phasecode`` (eager math, GQA-aware, coded before
-  the KV heads are repeated);
+  transformers' attention registry under ``phasecode`` (GQA-aware, coded before the KV heads
+  are repeated; the eager reference, or for a ``Coder`` the blocked, compiled coded attention
+  of ``coding/attention.py``);
 - o_proj input and lm_head input: forward pre-hooks;
 - the MLP: an instance-level ``forward`` that codes the gate/up input, both operands of the
   SiLU·up product and the (online-rotated) down_proj input.
@@ -19,10 +20,12 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from phasecode.conversion.handlers import SiteHandler
+from phasecode.coding.attention import coded_attention
+from phasecode.conversion.handlers import Coder, Passthrough, SiteHandler
 from phasecode.models.adapters import Adapter, adapter_for
 from phasecode.models.sites import LM_HEAD, site_name
 
@@ -38,9 +41,21 @@ def spiking_attention(
     scaling: float,
     dropout: float = 0.0,
     **kwargs,
-) -> tuple[Tensor, Tensor]:
-    """Eager attention with neurons on Q, K, V and the probabilities (App. B, Eq. 50-51)."""
+) -> tuple[Tensor, Tensor | None]:
+    """Attention with neurons on Q, K, V and the probabilities (App. B, Eq. 50-51).
+
+    Under a ``Coder`` the probabilities are coded inside ``coding.attention.coded_attention``
+    (blocked, causal blocks skipped, compiled; within float32 rounding of the reference); the
+    plain prepared ANN (``Passthrough``) runs transformers' SDPA, again within rounding of the
+    reference, and needs no head rotation ((QH)(KH)ᵀ = QKᵀ). Every other handler, which may
+    look at the probabilities, and float64 models (exact checks) run ``reference_attention``.
+    """
     handler: SiteHandler = module.phasecode_handler
+    fast = query.dtype != torch.float64
+    if fast and isinstance(handler, Passthrough):
+        mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+        kwargs["is_causal"] = False  # as the reference: no mask means none
+        return sdpa_attention_forward(module, query, key, value, mask, dropout, scaling, **kwargs)
     rotation = module.phasecode_head_rotation
     if rotation is not None:  # per-head Hadamard after RoPE: (QH)(KH)ᵀ = QKᵀ
         query, key = rotation(query), rotation(key)
@@ -48,6 +63,28 @@ def spiking_attention(
     query = handler(site_name(layer, "q"), query)
     key = handler(site_name(layer, "k"), key)
     value = handler(site_name(layer, "v"), value)
+    coder = fast and isinstance(handler, Coder)
+    neuron = handler.fused(site_name(layer, "probs"), query) if coder else None
+    if neuron is not None:
+        with torch.no_grad():
+            out = coded_attention(
+                query, key, value, attention_mask, scaling, neuron, handler.compiled
+            )
+        return out, None
+    return reference_attention(module, handler, query, key, value, attention_mask, scaling)
+
+
+def reference_attention(
+    module: nn.Module,
+    handler: SiteHandler,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+) -> tuple[Tensor, Tensor]:
+    """Eager attention on coded Q, K, V: the S×L float32 softmax passed whole to the
+    probabilities' handler. The definition the faster paths are checked against."""
     groups = module.num_key_value_groups
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
@@ -55,7 +92,7 @@ def spiking_attention(
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = handler(site_name(layer, "probs"), probs)
+    probs = handler(site_name(module.layer_idx, "probs"), probs)
     out = (probs @ value).transpose(1, 2).contiguous()
     return out, probs
 

@@ -4,8 +4,17 @@ Every request runs after the artifact's prefix (its KV cache, computed once by t
 ANN, exactly as ``evaluation/perplexity.py`` does), with the spiking surgery installed
 (``analog=false``, the default) or the prepared ANN without neurons (``analog=true``).
 Texts are tokenized without special tokens: the prefix starts with BOS, so a request never
-carries a second one. Requests are scored a batch at a time, longest first, right-padded:
-with causal attention a row's real tokens never see the padding after them.
+carries a second one.
+
+Loglikelihood requests share their contexts: the window tokens before a request's first scored
+position run once per distinct value (a multiple-choice question's context, for all its
+choices), their keys/values are kept, and each request's remaining tokens run from a copy of
+that cache. Contexts are batched longest first, right-padded, and the continuations of a
+context batch go in batches of similar length; a continuation sees its own context's cached
+tokens only (an attention mask hides the padding between them) at the positions the full
+window would give it. Every site's neuron codes one token's values (the k/v neurons code the
+cached keys/values when attention reads them, cached or not), so this equals running each
+request's whole window, up to float32 summation order.
 
 lm-eval 0.4.13 finds models only in its own registry, so importing this module registers
 ``phasecode`` there; the ``phasecode-lm-eval`` console script (``main``) does that and then
@@ -19,6 +28,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ from transformers import DynamicCache
 
 from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
+from phasecode.models.adapters import adapter_for
 
 MODEL_NAME = "phasecode"
 CONTEXT_FALLBACK = 2048  # context length of a config that states none
@@ -41,6 +52,24 @@ _FALSE = {"false", "0", "no", "off"}
 
 # (context, continuation) strings, context tokens, continuation tokens: TemplateLM's request
 TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
+# per decoder layer, the keys and values [batch, kv_heads, length, head_dim] of a cache
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A loglikelihood request's window split where its scoring starts: ``shared`` runs once
+    for every request with the same value; ``tail``'s last len(targets) logits score ``targets``
+    (all of them, unless context sharing is off)."""
+
+    index: int
+    shared: tuple[int, ...]
+    tail: list[int]
+    targets: list[int]
+
+
+# one context batch: distinct shared tokens with the rows that continue each
+ContextBatch = list[tuple[tuple[int, ...], list[_Row]]]
 
 
 class PhasecodeLM(TemplateLM):
@@ -85,6 +114,7 @@ class PhasecodeLM(TemplateLM):
         self.progress = progress
         self.tokenizer = spiking.tokenizer
         self._device = next(spiking.model.parameters()).device
+        self._shares_contexts = _full_attention(spiking.model)
 
     @classmethod
     def create_from_arg_obj(
@@ -140,22 +170,20 @@ class PhasecodeLM(TemplateLM):
         self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
         """Summed log-probability of each continuation, and whether greedy decoding gives it."""
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        rows = [self._split(i, context, rest) for i, (_, context, rest) in enumerate(requests)]
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = tqdm(
             total=len(requests),
             desc="snn loglikelihood" if not self.analog else "ann loglikelihood",
             disable=disable_tqdm or not self.progress,
         )
         with self._installed(), torch.no_grad(), bar:
-            for batch in batches:
-                rows = [self._window(requests[i][1], requests[i][2]) for i in batch]
-                for i, answer in zip(batch, self._score_rows(rows), strict=True):
-                    results[i] = answer
-                    if requests[i][0] is not None:
-                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                bar.update(len(batch))
+            for contexts in self._context_batches(rows):
+                for row, answer in self._score_contexts(contexts):
+                    results[row.index] = answer
+                    if requests[row.index][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[row.index][0], answer)
+                    bar.update(1)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -215,20 +243,83 @@ class PhasecodeLM(TemplateLM):
         tokens = (context + continuation)[-(self.max_length + 1) :]
         return tokens[:-1], tokens[-min(len(continuation), len(tokens) - 1) :]
 
-    def _score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """One forward pass after the prefix for right-padded rows; the vocabulary projection
-        runs only at the positions that score a continuation token."""
-        length = max(len(inputs) for inputs, _ in rows)
+    def _split(self, index: int, context: list[int], continuation: list[int]) -> _Row:
+        """The request's window, shared up to the position that scores its first target.
+
+        Truncated windows split the same way: requests share only identical token lists, so
+        a context cut differently for each continuation is simply not shared. Without context
+        sharing (sliding-window layers) every row is the whole window after the prefix."""
+        inputs, targets = self._window(context, continuation)
+        cut = len(inputs) - len(targets) if self._shares_contexts else 0
+        return _Row(index, tuple(inputs[:cut]), inputs[cut:], targets)
+
+    def _context_batches(self, rows: list[_Row]) -> list[ContextBatch]:
+        """Rows grouped by shared tokens, in batches of batch_size contexts, longest first (so
+        a batch pads little); rows with nothing shared form their own batch, which runs after
+        the prefix alone, padding-free."""
+        groups: dict[tuple[int, ...], list[_Row]] = {}
+        for row in rows:
+            groups.setdefault(row.shared, []).append(row)
+        alone: list[ContextBatch] = [[((), groups.pop(()))]] if () in groups else []
+        ordered = sorted(groups.items(), key=lambda item: -len(item[0]))
+        size = self.batch_size
+        return alone + [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+    def _score_contexts(self, contexts: ContextBatch) -> Iterator[tuple[_Row, tuple[float, bool]]]:
+        """Run a batch of contexts once, then every row continuing them, batch_size rows per
+        pass, rows of similar tail length together."""
+        past = self._run_contexts([shared for shared, _ in contexts])
+        starts = [self._prefix_len + len(shared) for shared, _ in contexts]
+        members = [(g, row) for g, (_, group) in enumerate(contexts) for row in group]
+        members.sort(key=lambda member: -len(member[1].tail))
+        for at in range(0, len(members), self.batch_size):
+            picks = [g for g, _ in members[at : at + self.batch_size]]
+            rows = [row for _, row in members[at : at + self.batch_size]]
+            answers = self._score_tails(rows, _rows_of(past, picks), [starts[g] for g in picks])
+            yield from zip(rows, answers, strict=True)
+
+    def _run_contexts(self, contexts: list[tuple[int, ...]]) -> KeysValues | None:
+        """Keys/values of the prefix followed by each context, right-padded to the longest
+        ([contexts, kv_heads, prefix + longest, head_dim]; only the prefix's [1, …] when
+        nothing is shared; None without either). Only the last position's logits are made."""
+        width = max(len(context) for context in contexts)
+        prefix = self.spiking.prefix
+        if width == 0:
+            return None if prefix is None else list(prefix.keys_values)
+        ids = torch.full((len(contexts), width), self.eot_token_id or 0, dtype=torch.long)
+        for g, context in enumerate(contexts):
+            ids[g, : len(context)] = torch.tensor(context)
+        cache = self._cache(len(contexts)) or DynamicCache(config=self.spiking.model.config)
+        self._forward(ids.to(self._device), cache, 1)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _score_tails(
+        self, rows: list[_Row], past: KeysValues | None, starts: list[int]
+    ) -> list[tuple[float, bool]]:
+        """One forward pass of right-padded tails after their rows' cached prefix and context
+        (``past``, row-aligned, whose row r holds starts[r] real positions); the vocabulary
+        projection runs only at the positions that score a target."""
+        length = max(len(row.tail) for row in rows)
         ids = torch.full((len(rows), length), self.eot_token_id or 0, dtype=torch.long)
         keep = torch.zeros((len(rows), length), dtype=torch.bool)
-        for r, (inputs, targets) in enumerate(rows):
-            ids[r, : len(inputs)] = torch.tensor(inputs)
-            keep[r, len(inputs) - len(targets) : len(inputs)] = True
-        logits = self._forward(ids.to(self._device), self._cache(len(rows)), keep.to(self._device))
-        per_row = logits.split([len(targets) for _, targets in rows])
+        for r, row in enumerate(rows):
+            ids[r, : len(row.tail)] = torch.tensor(row.tail)
+            keep[r, len(row.tail) - len(row.targets) : len(row.tail)] = True
+        cache, mask, positions = None, None, None
+        if past is not None:
+            cache = DynamicCache(past, config=self.spiking.model.config)
+            cached = past[0][0].shape[-2]
+            if any(start != cached for start in starts):  # padded contexts: hide the padding
+                mask = torch.ones((len(rows), cached + length), dtype=torch.long)
+                for r, start in enumerate(starts):
+                    mask[r, start:cached] = 0
+                positions = torch.tensor(starts)[:, None] + torch.arange(length)
+                mask, positions = mask.to(self._device), positions.to(self._device)
+        logits = self._forward(ids.to(self._device), cache, keep.to(self._device), mask, positions)
+        per_row = logits.split([len(row.targets) for row in rows])
         answers = []
-        for row_logits, (_, targets) in zip(per_row, rows, strict=True):
-            target = torch.tensor(targets, device=row_logits.device)
+        for row_logits, row in zip(per_row, rows, strict=True):
+            target = torch.tensor(row.targets, device=row_logits.device)
             logprobs = torch.log_softmax(row_logits.float(), dim=-1)
             picked = logprobs.gather(1, target[:, None]).squeeze(1)
             greedy = bool((logprobs.argmax(dim=-1) == target).all())
@@ -236,12 +327,24 @@ class PhasecodeLM(TemplateLM):
         return answers
 
     def _forward(
-        self, ids: torch.Tensor, cache: DynamicCache | None, keep: torch.Tensor | int = 0
+        self,
+        ids: torch.Tensor,
+        cache: DynamicCache | None,
+        keep: torch.Tensor | int = 0,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits at the `keep` positions (transformers' logits_to_keep: 0 = all; a boolean
-        [batch, length] mask gives them flattened, row after row)."""
+        [batch, length] mask gives them flattened, row after row). ``mask`` ([batch, cached +
+        length], 0 = hidden) and ``positions`` ([batch, length]) default to every cached token
+        visible and positions following the cache."""
         return self.spiking.model(
-            input_ids=ids, cache=cache, use_cache=cache is not None, logits_to_keep=keep
+            input_ids=ids,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=keep,
+            attention_mask=mask,
+            position_ids=positions,
         ).logits
 
     def _cache(self, batch: int) -> DynamicCache | None:
@@ -269,6 +372,23 @@ class PhasecodeLM(TemplateLM):
                 return _cut(text, until)
             ids = torch.tensor([[next_id]], device=self._device)
         return self.tok_decode(generated)
+
+
+def _full_attention(model: torch.nn.Module) -> bool:
+    """Whether no layer has a sliding window. A sliding layer's cache drops, and its mask
+    hides, keys by cache slot, which the padding between a context and its continuation
+    shifts: its requests run whole windows instead."""
+    adapter = adapter_for(model)
+    layers = range(adapter.num_layers(model))
+    return all(adapter.sliding_window(model.config, i) is None for i in layers)
+
+
+def _rows_of(past: KeysValues | None, picks: list[int]) -> KeysValues | None:
+    """The cached keys/values of rows `picks` (a context's row once per continuation)."""
+    if past is None:
+        return None
+    index = torch.tensor(picks, device=past[0][0].device)
+    return [(keys.index_select(0, index), values.index_select(0, index)) for keys, values in past]
 
 
 def _cut(text: str, until: list[str]) -> str:

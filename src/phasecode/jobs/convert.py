@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from phasecode.conversion.convert import SpikingModel, convert
+from phasecode.conversion.convert import SpikingModel, calibrate, fit_spiking
 from phasecode.conversion.store import save_spiking
 from phasecode.inference.prefix_choice import AUTO, PrefixRequest
 from phasecode.models.loading import base_record, model_reference
 from phasecode.models.placement import CPU, Placement, load_placed
 from phasecode.models.sites import site_kind
-from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings
+from phasecode.simulation.budget import fit_under_budget
 
 
 def convert_job(
@@ -26,22 +27,27 @@ def convert_job(
     balance: bool = False,
     weight_bits: int | None = None,
     placement: Placement = CPU,
+    budget: EnergyBudget | None = None,
 ) -> SpikingModel:
-    """Load, convert, save; prints the per-site-type summary."""
+    """Load, convert (under an energy ``budget``: per-site T, priced spikes), save; prints the
+    per-site-type summary."""
     model, tokenizer = load_placed(model_name, placement)
     base = base_record(model_reference(model_name), model)
-    spiking = convert(
+    calibrated = calibrate(
         model,
         tokenizer,
-        fit,
         sampling,
-        progress,
         rotate=rotate,
         prefix=prefix,
         lm_head=lm_head,
+        progress=progress,
         balance=balance,
         weight_bits=weight_bits,
     )
+    if budget is None:
+        spiking = fit_spiking(calibrated, fit, progress)
+    else:
+        spiking = fit_under_budget(calibrated, fit, budget, progress)
     save_spiking(out, spiking, base)
     print(format_conversion(spiking.report))
     print(f"saved spiking model to {out}")
@@ -67,8 +73,17 @@ def format_conversion(report: dict) -> str:
         mse = sum(r["mse"] for r in rows) / len(rows)
         ratio = sum(r["ratio"] for r in rows) / len(rows)
         lines.append(f"{kind:<10}{len(rows):>4}{mse:>15.3e}{ratio:>13.3f}")
+    budget = report.get("energy_budget")
+    if budget is not None:
+        steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
+        lines.append(
+            f"energy budget {budget['ratio']}: predicted total ratio "
+            f"{budget['predicted_ratio']:.3f}; sites by T: {steps}"
+        )
     seconds = report["seconds"]
+    planned = f", budget {seconds['budget']:.1f} s" if "budget" in seconds else ""
     lines.append(
         f"calibration {seconds['calibration']:.1f} s, training {seconds['training']:.1f} s"
+        + planned
     )
     return "\n".join(lines)

@@ -45,6 +45,19 @@ def greedy_fast(
 
 
 @torch.no_grad()
+def greedy_ann(model, prompt: torch.Tensor, new_tokens: int, eos: int | None) -> list[int]:
+    """Greedy continuation by a plain, unconverted model (its own attention, no prefix): what
+    the ANN costs, to compare the spiking model's speed with."""
+    cache = DynamicCache()
+    return _greedy(
+        lambda ids: model(input_ids=ids, cache=cache, use_cache=True).logits,
+        prompt,
+        new_tokens,
+        eos,
+    )
+
+
+@torch.no_grad()
 def greedy_spiking(
     spiking: SpikingModel, prompt: torch.Tensor, new_tokens: int, mask_strength: int = 0
 ) -> list[int]:
@@ -111,13 +124,25 @@ def generate_job(
     seconds = time.perf_counter() - start
     text = spiking.tokenizer.decode(tokens, skip_special_tokens=True)
     path = "spike-level simulator" if spiking_run else "fast path"
-    report = {"prompt": prompt, "tokens": tokens, "text": text, "seconds": seconds}
+    report = {
+        "prompt": prompt,
+        "tokens": tokens,
+        "text": text,
+        "seconds": seconds,
+        "tokens_per_s": len(tokens) / seconds,
+    }
     if analog:
+        start = time.perf_counter()
         ann = greedy_fast(spiking, ids, new_tokens, analog=True)
+        report["ann_tokens_per_s"] = len(ann) / (time.perf_counter() - start)
         report["ann_text"] = spiking.tokenizer.decode(ann, skip_special_tokens=True)
         print(f"ANN: {prompt}{report['ann_text']}")
         print(f"SNN: {prompt}{text}")
     else:
         print(prompt + text)
-    print(f"[{len(tokens)} tokens in {seconds:.1f} s, {path}]")
+    print(
+        f"[{len(tokens)} tokens in {seconds:.1f} s, {report['tokens_per_s']:.2f} tokens/s, {path}]"
+    )
+    if analog:
+        print(f"[prepared ANN: {report['ann_tokens_per_s']:.2f} tokens/s]")
     return report

@@ -152,6 +152,17 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
             )
         )
     rows.append(("weights", f"{spec['weight_bits']}-bit" if spec.get("weight_bits") else "full"))
+    rows.append(("neuron", spec.get("code", "binary")))
+    budget = report.get("energy_budget")
+    if budget is not None:
+        steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
+        rows.append(
+            (
+                "energy budget",
+                f"{budget['ratio']} (predicted {budget['predicted_ratio']:.3f} on "
+                f"{budget['context']} tokens); sites by T: {steps}",
+            )
+        )
     mean_ratio = report.get("mean_ratio", metadata.get("mean_ratio"))
     if mean_ratio is not None:
         rows.append(("mean held-out MSE ÷ Lloyd-Max", _fmt(mean_ratio)))

@@ -86,7 +86,7 @@ class Counter:
     def site(self, key: tuple[str, str], train: SpikeTrain) -> None:
         """A site's neurons: spikes, neuron steps and E_neuron's operations."""
         spikes = train.spike_count
-        steps = float(train.spikes.numel())
+        steps = float(train.spikes[0].numel() * train.active_steps)
         self.add(
             key,
             OpCount(
@@ -98,7 +98,7 @@ class Counter:
         out, fan_in = linear.out_features, linear.in_features
         tokens = train.spikes[0].numel() / fan_in
         spikes = train.spike_count
-        t = train.timesteps
+        t = train.active_steps
         bias = tokens * out if linear.bias is not None else 0.0
         snn = spike_ac(spikes * out)
         snn.add(analog_mac(t * tokens * out, 0.0))  # d(t) scaling, feeding the next neuron
@@ -141,7 +141,8 @@ class Counter:
         head); ``rows`` [Sq, Sk] says which keys each query sees (causal, windowed): only
         those products are counted.
         """
-        t, batch, heads = a.timesteps, a.spikes.shape[1], a.spikes.shape[2]
+        steps = a.active_steps + b.active_steps  # d(t) scalings, one per operand and step
+        batch, heads = a.spikes.shape[1], a.spikes.shape[2]
         visible = rows.double()
         pairs = float(visible.sum()) * batch * heads
         inner = b.spikes.shape[-1]
@@ -155,7 +156,7 @@ class Counter:
             from_a = a.spike_count * inner
             outputs = float(rows.shape[0] * batch * heads * inner)
         snn = spike_ac(from_a + from_b)
-        snn.add(analog_mac(2 * t * outputs, 0.0))
+        snn.add(analog_mac(steps * outputs, 0.0))
         depth = a.spikes.shape[-1]
         self.add(key, snn, analog_mac(pairs * (depth if keys_first else inner), outputs))
 
@@ -174,7 +175,7 @@ class Counter:
         elements = float(a.spikes[0].numel())
         spikes = a.spike_count + b.spike_count
         snn = spike_ac(spikes)
-        snn.add(analog_mac(2 * a.timesteps * elements, 0.0))
+        snn.add(analog_mac((a.active_steps + b.active_steps) * elements, 0.0))
         self.add(key, snn, analog_mac(elements, elements))
 
     def totals(self, network: str) -> OpCount:

@@ -1,24 +1,28 @@
 """The spike-level simulator: a converted model run as its spiking network (Fig. 2 right).
 
-Between sites every signal is a stack of T per-step increments; each neuron integrates the
-increments it receives, then fires T spike tensors (``trains.encode``). Linear layers consume
-spikes step by step (``ops.linear_steps``), RMSNorm / softmax / SiLU run by accumulate–
-difference, Q·Kᵀ and P·V by Eq. 51 and SiLU·up by Eq. 55 (``ops``). The weights, rotations and
-prefix are the artifact's, read from the same (rotated) transformers modules the fast path
-runs, so the two differ only by floating-point summation order.
+Each neuron integrates the increments it receives, then fires T spike tensors
+(``trains.encode``). Linear layers consume spikes step by step (``ops.linear_steps``) and the
+residual stream carries T per-step increments; RMSNorm / softmax / SiLU run by accumulate–
+difference (T evaluations of φ), Q·Kᵀ and P·V by Eq. 51 and SiLU·up by Eq. 55 (``ops``: each
+operator hands its consumer the sums it reads — running sums to φ, totals to a neuron). The
+weights, rotations and prefix are the artifact's, read from the same (rotated) transformers
+modules the fast path runs, so the two differ only by floating-point summation order.
 
-Memory is bounded by chunking: the MLP and lm_head run ``token_chunk`` tokens at a time
-(peak [T, chunk, intermediate] increments; logits are accumulated step by step, never
-[T, seq, vocab]), attention runs as many heads at a time as keep T·B·heads·S·S_kv under
-``attention_elements``. The residual stream [T, B, S, hidden] is the largest resident tensor.
+Memory is bounded by chunking: the MLP runs ``token_chunk`` tokens at a time (peak
+[T, chunk, intermediate] increments); the lm_head runs ``HEAD_CHUNK`` tokens at a time and adds
+each step's product into the logits in place (never [T, tokens, vocab]); attention runs a block
+of query rows at a time, as many as keep B·G·rows·S_kv (G query heads per KV head) under
+``attention_elements``, and keeps one step's scores at a time (never [T, ..., S, S_kv]). The
+logits [B, S, vocab] and the residual stream [T, B, S, hidden] are the largest tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from phasecode.conversion.convert import SpikingModel
@@ -29,12 +33,17 @@ from phasecode.simulation.counting import ELEMENTWISE_MACS, Counter
 from phasecode.simulation.ops import (
     accumulate_difference,
     linear_steps,
+    running_sums,
+    running_values,
     spike_matmul,
     spike_product,
+    train_value,
 )
 from phasecode.simulation.trains import SpikeTrain, encode, integrate
 
-TOKEN_CHUNK = 128  # tokens per MLP / lm_head pass: bounds [T, chunk, intermediate]
+TOKEN_CHUNK = 128  # tokens per MLP pass: bounds [T, chunk, intermediate]
+HEAD_CHUNK = 512  # tokens per lm_head pass: the rows of each step's [rows, hidden]·[hidden, vocab]
+ATTENTION_ELEMENTS = 1 << 18  # scores per attention block: 2 MiB a float64 buffer
 
 
 class SpikingSimulator:
@@ -46,7 +55,7 @@ class SpikingSimulator:
         mask_strength: int = 0,
         counter: Counter | None = None,
         token_chunk: int = TOKEN_CHUNK,
-        attention_elements: int = 1 << 24,
+        attention_elements: int = ATTENTION_ELEMENTS,
     ):
         self.spiking, self.model = spiking, spiking.model
         self.adapter = adapter_for(self.model)
@@ -84,9 +93,9 @@ class SpikingSimulator:
         residual = embeddings.new_zeros((self.timesteps,) + embeddings.shape)
         residual[0] = embeddings  # the embedding arrives at once: a one-step increment
         for i, layer in enumerate(self.layers):
-            residual = residual + self._attention(i, layer, residual, cos_sin, positions, cache)
+            residual += self._attention(i, layer, residual, cos_sin, positions, cache)
             self._count_residual(i, residual)
-            residual = residual + self._mlp(i, layer, residual)
+            residual += self._mlp(i, layer, residual)
             self._count_residual(i, residual)
         cache.length += length
         return self._head(residual)
@@ -101,11 +110,12 @@ class SpikingSimulator:
         return train
 
     def _norm(self, layer: int | None, norm: nn.Module, increments: Tensor) -> Tensor:
+        """RMSNorm of the residual stream by accumulate–difference, integrated by its reader."""
         if self.counter is not None:
             self.counter.elementwise(
                 _key(layer, "rmsnorm"), "rmsnorm", increments[0].numel(), self.timesteps
             )
-        return accumulate_difference(increments, norm)
+        return accumulate_difference(running_sums(increments), norm)
 
     # -- attention -------------------------------------------------------------------------
 
@@ -115,13 +125,14 @@ class SpikingSimulator:
         adapter = self.adapter
         attention = adapter.part(layer, adapter.attention)
         x = self._norm(i, adapter.part(layer, adapter.input_norm), residual)
-        train = self._fire(i, "qkv", integrate(x))
+        train = self._fire(i, "qkv", x)
         batch, length, _ = train.spikes.shape[1:]
+        steps = train.steps()
         heads = []
         for name in (adapter.q, adapter.k, adapter.v):
             linear = adapter.part(layer, name)
             self._count_linear(i, _op(name), train, linear)
-            out = integrate(linear_steps(train, linear))
+            out = integrate(linear_steps(steps, linear))
             heads.append(out.view(batch, length, -1, attention.head_dim).transpose(1, 2))
         q, k = self.rope(heads[0], heads[1], *cos_sin)
         if self.counter is not None:
@@ -139,7 +150,7 @@ class SpikingSimulator:
         o_train = self._fire(i, "o", out)
         o_proj = adapter.part(layer, adapter.o)
         self._count_linear(i, _op(adapter.o), o_train, o_proj)
-        return linear_steps(o_train, o_proj)
+        return linear_steps(o_train.steps(), o_proj)
 
     def _visible(self, i: int, positions: Tensor, keys: int) -> Tensor:
         """[S, S_kv] bool: which keys each query attends to (causal, sliding window)."""
@@ -160,38 +171,81 @@ class SpikingSimulator:
         v: SpikeTrain,
         visible: Tensor,
     ) -> Tensor:
-        """P·V for all heads, a chunk of heads at a time; returns [B, H, S, head_dim]."""
-        t, batch, heads, length = q.spikes.shape[:4]
-        groups = attention.num_key_value_groups
-        per_head = t * batch * length * visible.shape[1]
-        chunk = max(1, min(heads, self.attention_elements // max(per_head, 1)))
-        additive = torch.zeros(visible.shape, dtype=q.weight.dtype, device=visible.device)
-        additive.masked_fill_(~visible, torch.finfo(q.weight.dtype).min)
+        """P·V for all heads, [B, H, S, head_dim]: per KV head, its query heads' rows stacked
+        (one matmul per step, as GQA shares the keys), a block of query rows at a time, and of
+        the keys only the columns some query of the block sees (the rest are masked: their
+        probability is exactly 0, which fires nothing and adds nothing)."""
+        t, batch, heads, length, depth = q.spikes.shape
+        kv_heads, keys = k.spikes.shape[2], visible.shape[1]
+        groups = heads // kv_heads
+        most = max(1, self.attention_elements // (batch * groups * keys))
+        rows = math.ceil(length / math.ceil(length / most))  # balanced, at most ``most`` each
+        dtype = q.weight.dtype
+        additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        additive.masked_fill_(~visible, torch.finfo(dtype).min)
+        q_sums = running_values(q)  # [T, B, H, S, d]
+        k_sums = running_values(k).transpose(-1, -2)  # [T, B, H_kv, d, S_kv]
+        v_value = train_value(v)  # [B, H_kv, S_kv, d]
+        out = q_sums.new_empty((batch, heads, length, depth))
+        for start in range(0, length, rows):
+            block = slice(start, min(start + rows, length))
+            size = block.stop - start
+            seen = visible[block].any(0).nonzero()
+            columns = slice(int(seen[0]), int(seen[-1]) + 1)
+            mask = additive[block, columns].repeat(groups, 1)  # [G·rows, seen]
+            # the whole key row, for the softmax's float32 sums to run as the fast path's
+            row = additive.new_full((batch, groups * size, keys), torch.finfo(dtype).min)
+            softmax = partial(
+                _softmax, scaling=attention.scaling, additive=mask, row=row, columns=columns
+            )
+            for kv in range(kv_heads):
+                group = slice(kv * groups, (kv + 1) * groups)
+                q_block = q_sums[:, :, group, block].reshape(t, batch, groups * size, depth)
+                scores = spike_matmul(q_block, k_sums[:, :, kv, :, columns])
+                probs = accumulate_difference(scores, softmax)
+                p_train = self._fire_probs(i, probs.view(batch, groups, size, -1), columns, keys)
+                # Eq. 51 summed over T (the o neuron integrates it)
+                p_value = train_value(p_train).view(batch, groups * size, -1)
+                pv = p_value @ v_value[:, kv, columns]
+                out[:, group, block] = pv.view(batch, groups, size, depth)
+                if self.counter is not None:
+                    self._count_attention(i, (q, k, v, p_train), kv, groups, block, visible)
+        return out
 
-        def softmax(scores: Tensor) -> Tensor:  # as the fast path (and transformers): float32
-            return torch.softmax(scores + additive, dim=-1, dtype=torch.float32).to(scores.dtype)
+    def _fire_probs(self, i: int, probs: Tensor, columns: slice, keys: int) -> SpikeTrain:
+        """One block's probability neurons on the key ``columns`` its queries see; counted as
+        the block's every neuron, the masked ones included (they run, and stay silent)."""
+        train = encode(probs, self.rows[site_name(i, "probs")], self.mask_strength)
+        if self.counter is not None:
+            spikes = train.spikes.new_zeros(train.spikes.shape[:-1] + (keys,))
+            spikes[..., columns] = train.spikes
+            self.counter.site(_key(i, "probs"), SpikeTrain(spikes, train.weight))
+        return train
 
-        outputs = []
-        for start in range(0, heads, chunk):
-            size = min(chunk, heads - start)
-            kv_index = torch.arange(start, start + size, device=visible.device) // groups
-            q_c = q.narrow(1, start, size)
-            k_c = SpikeTrain(k.spikes.index_select(2, kv_index), k.weight)
-            v_c = SpikeTrain(v.spikes.index_select(2, kv_index), v.weight)
-            k_t = SpikeTrain(k_c.spikes.transpose(-1, -2), k_c.weight)
-            # the 1/sqrt(d) scaling rides on the queries' d(t): no extra pass over the scores
-            scaled_q = SpikeTrain(q_c.spikes, q_c.weight * attention.scaling)
-            scores = spike_matmul(scaled_q, k_t)
-            probs = accumulate_difference(scores, softmax)
-            p_train = self._fire(i, "probs", integrate(probs))
-            outputs.append(integrate(spike_matmul(p_train, v_c)))
-            if self.counter is not None:
-                self.counter.matmul(_key(i, "q·k"), q_c, k_c, visible, keys_first=True)
-                self.counter.elementwise(
-                    _key(i, "softmax"), "softmax", float(visible.sum()) * batch * size, t
-                )
-                self.counter.matmul(_key(i, "p·v"), p_train, v_c, visible, keys_first=False)
-        return torch.cat(outputs, 1)
+    def _count_attention(
+        self,
+        i: int,
+        trains: tuple[SpikeTrain, ...],
+        kv: int,
+        groups: int,
+        block: slice,
+        visible: Tensor,
+    ) -> None:
+        """One block's Q·Kᵀ, softmax and P·V counts: KV head ``kv``'s query heads, query rows
+        ``block`` (counts add up over blocks)."""
+        q, k, v, p_train = trains
+        q_block = SpikeTrain(q.spikes[:, :, kv * groups : (kv + 1) * groups, block], q.weight)
+
+        def per_query_head(train: SpikeTrain) -> SpikeTrain:  # the KV head, seen by each
+            spikes = train.spikes[:, :, kv : kv + 1].expand(-1, -1, groups, -1, -1)
+            return SpikeTrain(spikes, train.weight)
+
+        rows, batch = visible[block], q.spikes.shape[1]
+        self.counter.matmul(_key(i, "q·k"), q_block, per_query_head(k), rows, keys_first=True)
+        self.counter.elementwise(
+            _key(i, "softmax"), "softmax", float(rows.sum()) * batch * groups, q.timesteps
+        )
+        self.counter.matmul(_key(i, "p·v"), p_train, per_query_head(v), rows, keys_first=False)
 
     # -- MLP and head ----------------------------------------------------------------------
 
@@ -210,45 +264,52 @@ class SpikingSimulator:
         out = torch.empty_like(residual)
         for start in range(0, residual.shape[2], self.token_chunk):
             part = residual[:, :, start : start + self.token_chunk]
-            train = self._fire(i, "gate_up", integrate(self._norm(i, norm, part)))
+            train = self._fire(i, "gate_up", self._norm(i, norm, part))
             self._count_linear(i, _op(adapter.gate), train, gate_proj)
             self._count_linear(i, _op(adapter.up), train, up_proj)
-            gate = linear_steps(train, gate_proj)
+            steps = train.steps()
+            gate = linear_steps(steps, gate_proj)
             if self.counter is not None:
                 self.counter.elementwise(_key(i, "silu"), "silu", gate[0].numel(), len(gate))
-            a = self._fire(i, "silu", integrate(accumulate_difference(gate, silu)))
-            b = self._fire(i, "up", integrate(linear_steps(train, up_proj)))
+            a = self._fire(i, "silu", accumulate_difference(running_sums(gate), silu))
+            b = self._fire(i, "up", integrate(linear_steps(steps, up_proj)))
             if self.counter is not None:
                 self.counter.product(_key(i, "silu·up"), a, b)
-            product = integrate(spike_product(a, b))
+            product = spike_product(a, b)
             if rotation is not None:
                 product = rotation(product)
                 if self.counter is not None:
                     self.counter.rotation(_key(i, "rotation"), product.numel(), rotation)
             down = self._fire(i, "down", product)
             self._count_linear(i, _op(adapter.down), down, down_proj)
-            out[:, :, start : start + self.token_chunk] = linear_steps(down, down_proj)
+            out[:, :, start : start + self.token_chunk] = linear_steps(down.steps(), down_proj)
         return out
 
     def _head(self, residual: Tensor) -> Tensor:
+        """Logits [B, S, vocab], accumulated step by step in place (never [T, tokens, vocab]),
+        ``HEAD_CHUNK`` tokens at a time: each step's product then has as many rows as the
+        ANN's, which keeps the matmul as efficient."""
         head = self.adapter.module(self.model, self.adapter.lm_head)
         norm = self.adapter.module(self.model, self.adapter.final_norm)
         coded = LM_HEAD in self.rows
-        logits = []
-        for start in range(0, residual.shape[2], self.token_chunk):
-            x = integrate(self._norm(None, norm, residual[:, :, start : start + self.token_chunk]))
+        logits = residual.new_zeros(residual.shape[1:-1] + (head.out_features,))
+        for start in range(0, residual.shape[2], HEAD_CHUNK):
+            block = slice(start, start + HEAD_CHUNK)
+            x = self._norm(None, norm, residual[:, :, block])
             if not coded:
                 if self.counter is not None:
                     self.counter.analog_linear(_key(None, "lm_head"), x[..., 0].numel(), head)
-                logits.append(head(x))
+                logits[:, block] = head(x)
                 continue
             train = self._fire(None, "lm_head", x)
             self._count_linear(None, "lm_head", train, head)
-            part = head.bias.expand(x.shape[:-1] + (-1,)).clone() if head.bias is not None else 0
-            for step in train.steps():  # one step at a time: never [T, tokens, vocab]
-                part = part + F.linear(step, head.weight)
-            logits.append(part)
-        return torch.cat(logits, 1)
+            steps = train.steps()
+            for row, part in enumerate(logits[:, block]):  # one sequence at a time: 2-D products
+                if head.bias is not None:
+                    part += head.bias
+                for step in steps[:, row]:
+                    part.addmm_(step, head.weight.t())
+        return logits
 
     # -- counting --------------------------------------------------------------------------
 
@@ -259,6 +320,18 @@ class SpikingSimulator:
     def _count_residual(self, i: int, residual: Tensor) -> None:
         if self.counter is not None:
             self.counter.residual(_key(i, "residual"), residual[0].numel(), self.timesteps)
+
+
+def _softmax(
+    scores: Tensor, scaling: float, additive: Tensor, row: Tensor, columns: slice
+) -> Tensor:
+    """φ of the attention scores as the fast path (and transformers) computes it: scale, add the
+    mask, softmax in float32. ``scores`` are the seen ``columns`` of ``row``, whose other columns
+    hold the mask's minimum (what the fast path's masked scores are), so the softmax runs over
+    the whole row in the fast path's order; returns the seen columns. Scales and masks in place:
+    each step's scores are read once."""
+    row[..., columns] = scores.mul_(scaling).add_(additive)
+    return torch.softmax(row, dim=-1, dtype=torch.float32)[..., columns].to(scores.dtype)
 
 
 def _key(layer: int | None, op: str) -> tuple[str, str]:

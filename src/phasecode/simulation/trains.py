@@ -29,6 +29,11 @@ class SpikeTrain:
     def timesteps(self) -> int:
         return self.spikes.shape[0]
 
+    @cached_property
+    def active_steps(self) -> int:
+        """The steps this site's neurons use (per-site T: a padded step has d(t) = 0)."""
+        return int((self.weight != 0).sum())
+
     def steps(self) -> Tensor:
         """[T, ...] of d(t)·s(t): the value each step carries (Eq. 50's Q_{s,t})."""
         shape = (self.timesteps,) + (1,) * (self.spikes.dim() - 1)
@@ -63,7 +68,8 @@ def encode(x: Tensor, row: CodeTable, mask_strength: int = 0) -> SpikeTrain:
     for t, fired in enumerate(fire_steps(x.abs().unsqueeze(0), table)):
         train[t] = fired[0]
     train *= torch.sign(x).to(torch.int8)
-    return SpikeTrain(mask_spikes(train, mask_strength), table.weight[0])
+    steps = int(table.steps[0])
+    return SpikeTrain(mask_spikes(train, mask_strength, steps), table.weight[0])
 
 
 def integrate(increments: Tensor) -> Tensor:

@@ -4,6 +4,10 @@ Every site of a model trains in one batch: the loss is the sum of per-site MSEs,
 parameters see only their own gradient, and Adam's per-parameter normalisation makes the sum
 equivalent to training each site alone. Modes: ``alternating`` (Alg. 1), ``joint`` (all
 parameters in one step, Table 6) and ``coupled`` (h = θ, Table 7).
+
+Energy-aware training adds λ_s · E[spikes per neuron] to site s's loss (the count is the
+surrogate's, so θ and h see its gradient); λ_s is what one spike of that site costs in units of
+its squared error (``training.budget``). The B steps do not move spikes, so they keep the MSE.
 """
 
 from __future__ import annotations
@@ -60,11 +64,13 @@ def site_scale(samples: Tensor) -> Tensor:
     return samples.abs().amax(1).clamp_min(1e-12)
 
 
-def init_neurons(magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: bool):
+def init_neurons(
+    magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: bool, signed: bool = False
+) -> PhaseNeurons:
     """Neurons initialised from rounding LAS (see neurons.py) with its MSE-optimal τ."""
     timesteps = sum(allocation[0])
     tau = best_step(magnitude, 2**timesteps, rounding=True) * 2**timesteps
-    return PhaseNeurons(tau, allocation, coupled=coupled)
+    return PhaseNeurons(tau, allocation, coupled=coupled, signed=signed)
 
 
 def train_neurons(
@@ -72,18 +78,28 @@ def train_neurons(
     allocation: list[tuple[int, ...]],
     config: TrainConfig | None = None,
     progress: bool = False,
+    signed: bool = False,
+    spike_cost: Tensor | None = None,
 ) -> TrainResult:
-    """Fit one neuron per row of ``samples`` [S, N] with the given per-site allocations."""
+    """Fit one neuron per row of ``samples`` [S, N] with the given per-site allocations.
+    ``spike_cost`` [S]: the energy term's λ_s, in units of the samples' squared values."""
     config = config or TrainConfig()
     scale = site_scale(samples)
     magnitude = (samples / scale[:, None]).abs()
-    neurons = init_neurons(magnitude, allocation, coupled=config.mode == "coupled")
-    curve, phases = _optimise(neurons, magnitude, config, progress)
+    neurons = init_neurons(magnitude, allocation, config.mode == "coupled", signed)
+    penalty = None if spike_cost is None else spike_cost / scale.pow(2)
+    curve, phases = _optimise(neurons, magnitude, config, progress, penalty)
     table = neurons.frozen_table().scaled(scale)
     return TrainResult(table, torch.stack(curve, 1), phases)
 
 
-def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig, progress: bool):
+def _optimise(
+    neurons: PhaseNeurons,
+    magnitude: Tensor,
+    config: TrainConfig,
+    progress: bool,
+    penalty: Tensor | None,
+):
     """Run Alg. 1 (or its joint variant), keeping each site's best parameters seen."""
     best = _Best(neurons)
     curve: list[Tensor] = []
@@ -97,7 +113,7 @@ def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig, pro
         )
         steps = config.rounds * config.threshold_steps
         for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress):
-            curve.append(_surrogate_step(neurons, magnitude, opt, config.sharpness, best))
+            curve.append(_surrogate_step(neurons, magnitude, opt, config, best, penalty))
             phases.append("joint")
         best.restore()
         return curve, phases
@@ -105,31 +121,37 @@ def _optimise(neurons: PhaseNeurons, magnitude: Tensor, config: TrainConfig, pro
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
     for _ in tqdm(range(config.rounds), desc="training", unit="round", disable=not progress):
         for _ in range(config.threshold_steps):
-            curve.append(_surrogate_step(neurons, magnitude, opt_spike, config.sharpness, best))
+            curve.append(_surrogate_step(neurons, magnitude, opt_spike, config, best, penalty))
             phases.append("threshold")
         stats = spike_statistics(magnitude, neurons.frozen_table())
         for _ in range(config.base_steps):
-            curve.append(_base_step(neurons, stats, opt_base, best))
+            curve.append(_base_step(neurons, stats, opt_base, best, penalty))
             phases.append("base")
     best.restore()
     return curve, phases
 
 
-def _surrogate_step(neurons, magnitude, opt, sharpness, best) -> Tensor:
+def _surrogate_step(neurons, magnitude, opt, config, best, penalty) -> Tensor:
+    """One step on {θ, h}; the loss curve records the MSE, the best snapshot the objective."""
     opt.zero_grad(set_to_none=True)
-    values, _ = neurons.surrogate_values(magnitude, sharpness)
+    values, count = neurons.surrogate_values(magnitude, config.sharpness)
     loss = (values - magnitude).pow(2).mean(1)
-    best.offer(loss.detach())
-    loss.sum().backward()
+    objective = loss
+    if penalty is not None:
+        best.spikes = count.detach().mean(1)
+        objective = loss + penalty * count.mean(1)
+    best.offer(objective.detach())
+    objective.sum().backward()
     opt.step()
     neurons.clamp_()
     return loss.detach()
 
 
-def _base_step(neurons, stats, opt, best) -> Tensor:
+def _base_step(neurons, stats, opt, best, penalty) -> Tensor:
+    """One step on B: spikes do not move, so the energy term is the last surrogate step's."""
     opt.zero_grad(set_to_none=True)
     loss = quadratic_loss(neurons.weights(), stats)
-    best.offer(loss.detach())
+    best.offer(loss.detach() if penalty is None else loss.detach() + penalty * best.spikes)
     loss.sum().backward()
     opt.step()
     neurons.clamp_()
@@ -147,6 +169,7 @@ class _Best:
         self.loss = torch.full(
             (neurons.reference.shape[0],), float("inf"), device=neurons.reference.device
         )
+        self.spikes = torch.zeros_like(self.loss)  # spikes per neuron at the last θ/h step
 
     def offer(self, loss: Tensor) -> None:
         better = loss < self.loss

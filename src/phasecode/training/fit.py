@@ -12,8 +12,9 @@ from torch import Tensor
 
 from phasecode.coding import baselines
 from phasecode.coding.allocation import even_allocation
-from phasecode.coding.neuron import value
-from phasecode.coding.table import CodeTable
+from phasecode.coding.neuron import spikes, value
+from phasecode.coding.table import CodeTable, concat_tables
+from phasecode.errors import PhasecodeError
 from phasecode.settings import FitSettings
 from phasecode.training.alternating import train_neurons
 from phasecode.training.scale_fit import fit_tau
@@ -29,35 +30,70 @@ class FitResult:
     loss_phases: list[str] = field(default_factory=list)  # which parameters each step moved
 
 
-def fit_codes(train: Tensor, settings: FitSettings, progress: bool = True) -> FitResult:
-    """One code table row per site, by the chosen method."""
+def fit_codes(
+    train: Tensor,
+    settings: FitSettings,
+    progress: bool = True,
+    steps: Tensor | None = None,
+    spike_cost: Tensor | None = None,
+) -> FitResult:
+    """One code table row per site, by the chosen method.
+
+    ``steps`` [S] gives each site its own T (≤ ``settings.timesteps``; default: all use it):
+    sites of equal T train together and the table is padded to the largest. ``spike_cost``
+    [S] turns on energy-aware training (mgpc only; ``train_neurons``)."""
     start = time.perf_counter()
-    sites, t = train.shape[0], settings.timesteps
-    curve, phases = None, []
-    if settings.method == "mgpc":
-        if settings.grains > 1:
-            allocation, _ = search_allocation(train, t, settings.grains, settings.train)
-        else:
-            allocation = [even_allocation(t, 1)] * sites
-        result = train_neurons(train, allocation, settings.train, progress=progress)
-        table, curve, phases = result.table, result.loss_curve, result.phases
-    elif settings.method == "phase":
-        table = baselines.phase(sites, t)
-    else:
-        build = baselines.FIXED_CODES[settings.method]
-        table = build(fit_tau(settings.method, train, t, build), t)
+    if steps is None:
+        steps = torch.full((train.shape[0],), settings.timesteps, dtype=torch.long)
+    if spike_cost is not None and settings.method != "mgpc":
+        raise PhasecodeError("energy-aware training needs --method mgpc")
+    parts, order, curves, phases = [], [], [], []
+    for t in sorted(set(steps.tolist()), reverse=True):
+        index = (steps == t).nonzero()[:, 0].to(train.device)
+        cost = None if spike_cost is None else spike_cost.to(train.device)[index]
+        table, curve, phases = _fit_group(train[index], settings, t, progress, cost)
+        parts.append(table)
+        order.append(index)
+        curves.append(curve)
+    position = torch.cat(order).argsort()
+    table = concat_tables(parts).select(position)
+    curve = None if curves[0] is None else torch.cat(curves)[position]
     return FitResult(table, curve, time.perf_counter() - start, phases)
 
 
+def _fit_group(
+    train: Tensor, settings: FitSettings, t: int, progress: bool, spike_cost: Tensor | None
+) -> tuple[CodeTable, Tensor | None, list[str]]:
+    """Sites that share one T."""
+    signed = settings.code == "signed-digit"
+    if settings.method == "mgpc":
+        grains = min(settings.grains, t)
+        if grains > 1:
+            allocation, _ = search_allocation(train, t, grains, settings.train, signed)
+        else:
+            allocation = [even_allocation(t, 1)] * train.shape[0]
+        result = train_neurons(train, allocation, settings.train, progress, signed, spike_cost)
+        return result.table, result.loss_curve, result.phases
+    if settings.method == "phase":
+        return baselines.phase(train.shape[0], t), None, []
+    build = baselines.FIXED_CODES[settings.method]
+    return build(fit_tau(settings.method, train, t, build), t), None, []
+
+
 def score_sites(table: CodeTable, train: Tensor, heldout: Tensor) -> dict[str, Tensor]:
-    """Held-out MSE of the neurons and of both yardsticks fitted on ``train``."""
-    t = table.timesteps
+    """Held-out MSE and spikes per neuron of the neurons, and the MSE of both yardsticks
+    fitted on ``train`` (at each site's own T)."""
     mse = (value(heldout, table) - heldout).pow(2).mean(1)
-    bound = lloyd_max_mse(train, heldout, t)
-    uniform = uniform_mse(train, heldout, t)
+    fired = spikes(heldout, table.to(device=heldout.device)) != 0
+    bound, uniform = torch.empty_like(mse), torch.empty_like(mse)
+    for t in set(table.steps.tolist()):
+        index = (table.steps == t).nonzero()[:, 0].to(train.device)
+        bound[index] = lloyd_max_mse(train[index], heldout[index], t)
+        uniform[index] = uniform_mse(train[index], heldout[index], t)
     tiny = torch.finfo(mse.dtype).tiny
     return {
         "mse": mse,
+        "spikes": fired.sum(0).to(mse.dtype).mean(1),
         "lloyd_max_mse": bound,
         "ratio": mse / bound.clamp_min(tiny),
         "uniform_mse": uniform,

@@ -9,6 +9,10 @@ one learning rate serves every site. θ and h are stored relative to their start
 (θ(t) = θ_0(t)·u_θ(t), h(t) = h_0(t)·u_h(t)), which makes Adam's step a relative change for the
 finest and the coarsest step alike. d(t) = scale·B_{g(t)}^(-t) is never free: it is built from
 the bases.
+
+Signed-digit neurons (``signed=True``) also train θ⁻(t). They start from θ⁺ = θ⁻ = ¾·d(t)
+(and d(T)/2 at the last step): with base 2 that greedy rule writes the same rounded value as
+the binary neuron with about 16 % fewer spikes on Gaussian-like samples (docs/method.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ def rounding_thresholds(weight: Tensor) -> Tensor:
     return weight - weight[:, -1:] / 2
 
 
+SIGNED_DIGIT_THRESHOLD = 0.75  # θ±(t) = ¾·d(t): fire only when the remaining steps cannot do better
+
+
+def signed_digit_thresholds(weight: Tensor) -> Tensor:
+    """θ⁺(t) = θ⁻(t) = ¾·d(t) for t < T and d(T)/2 at the last step (rounding)."""
+    threshold = SIGNED_DIGIT_THRESHOLD * weight
+    threshold[:, -1] = weight[:, -1] / 2
+    return threshold
+
+
 def rounding_las(tau: Tensor, timesteps: int) -> CodeTable:
     """LAS levels with rounding thresholds: the best uniform code of the phase family."""
     table = las(tau, timesteps)
@@ -45,7 +59,13 @@ def rounding_las(tau: Tensor, timesteps: int) -> CodeTable:
 class PhaseNeurons(nn.Module):
     """S trainable neurons, each with its own timestep allocation over at most G bases."""
 
-    def __init__(self, tau: Tensor, allocation: list[tuple[int, ...]], coupled: bool = False):
+    def __init__(
+        self,
+        tau: Tensor,
+        allocation: list[tuple[int, ...]],
+        coupled: bool = False,
+        signed: bool = False,
+    ):
         super().__init__()
         timesteps = sum(allocation[0])
         grains = max(len(a) for a in allocation)
@@ -54,8 +74,10 @@ class PhaseNeurons(nn.Module):
         self.coupled = coupled
         reference = tau[:, None] * 2.0 ** (-steps)  # LAS: θ = h = d = τ·2^-t
         self.register_buffer("reference", reference)
-        self.register_buffer("reference_threshold", rounding_thresholds(reference))
+        start = signed_digit_thresholds(reference) if signed else rounding_thresholds(reference)
+        self.register_buffer("reference_threshold", start)
         self.u_threshold = nn.Parameter(torch.ones_like(reference))
+        self.u_negative = nn.Parameter(torch.ones_like(reference)) if signed else None
         self.u_reset = None if coupled else nn.Parameter(torch.ones_like(reference))
         self.bases = nn.Parameter(
             torch.full((tau.shape[0], grains), 2.0, dtype=tau.dtype, device=tau.device)
@@ -63,8 +85,8 @@ class PhaseNeurons(nn.Module):
         self.log_scale = nn.Parameter(tau.log().clone())
 
     def spike_parameters(self) -> list[nn.Parameter]:
-        """{h, θ}: trained with the surrogate gradient."""
-        return [p for p in (self.u_threshold, self.u_reset) if p is not None]
+        """{h, θ, θ⁻}: trained with the surrogate gradient."""
+        return [p for p in (self.u_threshold, self.u_reset, self.u_negative) if p is not None]
 
     def base_parameters(self) -> list[nn.Parameter]:
         """B and the scale: trained with the true gradient."""
@@ -88,26 +110,43 @@ class PhaseNeurons(nn.Module):
             (threshold.shape[0],), UNLIMITED, dtype=torch.long, device=threshold.device
         )
         phase = PhaseBases(self.log_scale.exp(), self.bases, self.allocation)
-        return CodeTable(threshold, reset, self.weights(), budget, phase)
+        negative = None
+        if self.u_negative is not None:
+            negative = self.reference_threshold * self.u_negative
+        return CodeTable(threshold, reset, self.weights(), budget, phase, negative)
 
     def frozen_table(self) -> CodeTable:
         """A detached copy of the current table."""
         t = self.table()
         phase = PhaseBases(t.phase.scale.detach(), t.phase.bases.detach(), t.phase.allocation)
+        negative = None if t.negative_threshold is None else t.negative_threshold.detach()
         return CodeTable(
-            t.threshold.detach(), t.reset.detach(), t.weight.detach(), t.max_spikes, phase
+            t.threshold.detach(), t.reset.detach(), t.weight.detach(), t.max_spikes, phase, negative
         )
 
     def surrogate_values(self, magnitude: Tensor, sharpness: float) -> tuple[Tensor, Tensor]:
-        """SN(|x|) with surrogate gradients for θ, h (and true ones for d); also the spikes."""
+        """SN(|x|) with surrogate gradients for θ, h (and true ones for d), and the spike count
+        per sample [S, N] with the same surrogate gradient (for the energy term)."""
         table = self.table()
-        step = SigmoidSurrogate(table.weight, sharpness)
+        step = _Counting(SigmoidSurrogate(table.weight, sharpness))
         out = torch.zeros_like(magnitude)
-        trains = []
         for t, s in enumerate(fire_steps(magnitude, table, step)):
             out = out + table.weight[:, t, None] * s
-            trains.append(s.detach())
-        return out, torch.stack(trains, 1)  # values [S, N], spikes [S, T, N]
+        return out, step.count
+
+
+class _Counting:
+    """A step function that also sums what it returns: every Θ the dynamics evaluate is one
+    possible spike (θ⁺ and θ⁻ apart), so the sum is the spike count, differentiable through
+    the surrogate even where no spike fired."""
+
+    def __init__(self, step: SigmoidSurrogate):
+        self.step, self.count = step, 0.0
+
+    def __call__(self, u: Tensor, t: int) -> Tensor:
+        s = self.step(u, t)
+        self.count = self.count + s
+        return s
 
 
 def spike_statistics(magnitude: Tensor, table: CodeTable) -> tuple[Tensor, Tensor, Tensor]:

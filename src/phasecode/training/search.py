@@ -19,7 +19,11 @@ from phasecode.training.neurons import quadratic_loss, spike_statistics
 
 
 def search_allocation(
-    samples: Tensor, timesteps: int, grains: int, config: TrainConfig | None = None
+    samples: Tensor,
+    timesteps: int,
+    grains: int,
+    config: TrainConfig | None = None,
+    signed: bool = False,
 ) -> tuple[list[tuple[int, ...]], Tensor]:
     """Pick one allocation per site; returns them and the final α [S, C]."""
     config = config or TrainConfig()
@@ -31,7 +35,7 @@ def search_allocation(
     magnitude = (subset / site_scale(subset)[:, None]).abs()
     stacked = magnitude.repeat(count, 1)  # candidate-major: rows c*S .. c*S+S-1
     allocation = [c for c in candidates for _ in range(sites)]
-    neurons = init_neurons(stacked, allocation, coupled=config.mode == "coupled")
+    neurons = init_neurons(stacked, allocation, config.mode == "coupled", signed)
     alpha = torch.zeros(sites, count, device=samples.device, requires_grad=True)
     opt_alpha = torch.optim.Adam([alpha], lr=config.lr_alpha)
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)

@@ -1,0 +1,213 @@
+"""Timesteps per site under an energy budget: a knapsack over (Δloss, Δenergy) per site.
+
+For every site and every candidate T the untrained neuron of that T (the start point of
+Alg. 1, so no training is spent on options that lose) is scored on held-out samples: its MSE
+and its spikes per neuron. ``conversion.sensitivity`` turns MSE into predicted loss per token
+(½·F_s·MSE) and ``simulation.estimate`` turns spikes into energy per token. Minimising
+Σ Δloss subject to Σ energy ≤ budget is a multiple-choice knapsack; its Lagrangian relaxation
+(each site picks argmin Δloss + μ·energy, μ found by bisection) solves it on the convex hull
+of each site's curve, which is where greedy-by-marginal-loss-per-joule ends too. The same μ
+prices a spike in the energy-aware training objective (``spike_costs``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor
+
+from phasecode.coding.neuron import spikes, value
+from phasecode.conversion.convert import Calibrated, SpikingModel, fit_spiking
+from phasecode.settings import EnergyBudget, FitSettings
+from phasecode.simulation.energy import load_costs
+from phasecode.simulation.estimate import SiteEnergy, site_energy
+from phasecode.training.alternating import init_neurons, site_scale
+
+OPTION_SAMPLES = 2048  # held-out samples per site used to score the options
+SENSITIVITY_WINDOWS = 4  # calibration windows the loss sensitivity is measured on
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """Per site and candidate T: the predicted loss per token and spikes per neuron."""
+
+    timesteps: tuple[int, ...]  # candidate T, ascending
+    loss: Tensor  # [S, K] ½·F_s·MSE_s(T)
+    spikes: Tensor  # [S, K] spikes per neuron
+
+    def energy(self, energy: SiteEnergy) -> Tensor:
+        """[S, K] energy per token of each option (its spikes and its per-step work)."""
+        steps = torch.tensor(self.timesteps, dtype=torch.float64)
+        spiking = self.spikes * (energy.width * energy.spike_pj)[:, None]
+        return spiking + energy.step_pj[:, None] * steps[None, :]
+
+
+def site_options(
+    heldout: Tensor, sensitivity: Tensor, timesteps: range, signed: bool
+) -> SiteOptions:
+    """Score the start-point neuron of every T in ``timesteps`` on every site."""
+    samples = heldout[:, :OPTION_SAMPLES].double()
+    scale = site_scale(samples)
+    magnitude = (samples / scale[:, None]).abs()
+    losses, counts = [], []
+    for t in timesteps:
+        neurons = init_neurons(magnitude, [(t,)] * samples.shape[0], False, signed)
+        table = neurons.frozen_table().scaled(scale)
+        mse = (value(samples, table) - samples).pow(2).mean(1)
+        losses.append(0.5 * sensitivity.to(mse) * mse)
+        counts.append((spikes(samples, table) != 0).sum(0).double().mean(1))
+    return SiteOptions(tuple(timesteps), torch.stack(losses, 1).cpu(), torch.stack(counts, 1).cpu())
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """What the knapsack chose: T per site, the price of energy μ and the predicted ratio."""
+
+    steps: Tensor  # [S] long
+    price: float  # μ, loss per picojoule
+    predicted_ratio: float
+    reachable: bool  # False: even the cheapest options exceed the budget
+
+    def spike_costs(self, sensitivity: Tensor, energy: SiteEnergy) -> Tensor:
+        """λ_s for ``train_neurons``: one spike's energy at μ, in units of the site's squared
+        error (loss ½·F_s·MSE ⇒ a spike is worth μ·c_s / (½·F_s) of MSE)."""
+        weight = (0.5 * sensitivity).clamp_min(torch.finfo(torch.float64).tiny)
+        return (self.price * energy.spike_pj / weight).float()
+
+
+def choose_steps(options: SiteOptions, energy: SiteEnergy, budget: float) -> BudgetChoice:
+    """The options minimising predicted loss with predicted total energy ratio ≤ ``budget``."""
+    cost = options.energy(energy)
+
+    def pick(price: float) -> tuple[Tensor, float]:
+        index = (options.loss + price * cost).argmin(1)
+        steps = torch.tensor(options.timesteps)[index]
+        rate = options.spikes.gather(1, index[:, None])[:, 0]
+        return steps, energy.ratio(rate, steps)
+
+    steps, ratio = pick(0.0)
+    if ratio <= budget:
+        return BudgetChoice(steps, 0.0, ratio, True)
+    scale = float(options.loss.max() / cost.min().clamp_min(1e-30))
+    low, high = 0.0, scale
+    steps, ratio = pick(high)
+    for _ in range(60):  # grow μ until the budget is met, or no option is cheaper
+        if ratio <= budget:
+            break
+        high *= 4
+        steps, ratio = pick(high)
+    if ratio > budget:
+        return BudgetChoice(steps, high, ratio, False)
+    for _ in range(50):  # bisect on log μ
+        middle = math.sqrt(max(low, high * 1e-12) * high)
+        trial = pick(middle)
+        if trial[1] <= budget:
+            high, steps, ratio = middle, *trial
+        else:
+            low = middle
+    return BudgetChoice(steps, high, ratio, True)
+
+
+@dataclass
+class BudgetPlan:
+    """Per-site T and spike prices chosen for an energy budget, and how they were chosen."""
+
+    budget: EnergyBudget
+    energy: SiteEnergy
+    options: SiteOptions
+    sensitivity: Tensor
+    choice: BudgetChoice
+    seconds: float
+    passes: int = 1
+
+    @property
+    def steps(self) -> Tensor:
+        return self.choice.steps
+
+    @property
+    def spike_costs(self) -> Tensor | None:
+        """λ_s for training; None when the budget is met without pricing spikes."""
+        if self.choice.price == 0:
+            return None
+        return self.choice.spike_costs(self.sensitivity, self.energy)
+
+    def corrected(self, trained_spikes: Tensor) -> BudgetPlan:
+        """The knapsack again, each site's spike counts scaled by how far its trained neuron
+        fired from its start point (training moves thresholds, usually towards more spikes)."""
+        index = torch.tensor([self.options.timesteps.index(t) for t in self.steps.tolist()])
+        start = self.options.spikes.gather(1, index[:, None])[:, 0]
+        factor = (trained_spikes / start.clamp_min(1e-6)).clamp(0.5, 2.0)
+        options = replace(self.options, spikes=self.options.spikes * factor[:, None])
+        choice = choose_steps(options, self.energy, self.budget.ratio)
+        return replace(self, options=options, choice=choice, passes=self.passes + 1)
+
+    def report(self, trained_spikes: Tensor) -> dict:
+        """The report's record: the budget, the choice and the trained model's prediction."""
+        steps = self.steps
+        return {
+            **asdict(self.budget),
+            "reachable": self.choice.reachable,
+            "passes": self.passes,
+            "price_per_pj": self.choice.price,
+            "predicted_ratio_untrained": self.choice.predicted_ratio,
+            "predicted_ratio": self.energy.ratio(trained_spikes, steps),
+            "steps_histogram": {
+                str(t): int((steps == t).sum()) for t in sorted(set(steps.tolist()))
+            },
+        }
+
+
+def budget_plan(
+    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool = True
+) -> BudgetPlan:
+    """Sensitivity, predicted energy and the knapsack's choice of T per site."""
+    start = time.perf_counter()
+    c = calibrated
+    sensitivity = c.sensitivity(progress)
+    prefix = len(c.prepared.prefix) if c.prepared.prefix is not None else 0
+    rotations = (c.prepared.down_rotation is not None, c.prepared.head_rotation is not None)
+    energy = site_energy(
+        c.model, c.sites, load_costs(budget.costs), budget.context, prefix, rotations
+    )
+    low = min(budget.min_timesteps, fit.timesteps)
+    signed = fit.code == "signed-digit"
+    options = site_options(c.heldout, sensitivity, range(low, fit.timesteps + 1), signed)
+    choice = choose_steps(options, energy, budget.ratio)
+    if not choice.reachable:
+        warnings.warn(
+            f"energy budget {budget.ratio} is out of reach: the cheapest timesteps predict "
+            f"{choice.predicted_ratio:.3f}; converting with those",
+            stacklevel=2,
+        )
+    return BudgetPlan(budget, energy, options, sensitivity, choice, time.perf_counter() - start)
+
+
+def fit_under_budget(
+    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool = True
+) -> SpikingModel:
+    """Plan, train, and when the trained neurons' predicted energy misses the budget, plan
+    once more from their spike counts and train again. The report's ``energy_budget`` says
+    what was chosen and predicted."""
+    plan = budget_plan(calibrated, fit, budget, progress)
+    spiking = fit_spiking(calibrated, fit, progress, plan.steps, plan.spike_costs)
+    trained = _trained_spikes(spiking)
+    if plan.choice.reachable and plan.energy.ratio(trained, plan.steps) > budget.ratio:
+        start = time.perf_counter()
+        plan = plan.corrected(trained)
+        plan.seconds += time.perf_counter() - start
+        seconds = spiking.report["seconds"]["training"]
+        spiking = fit_spiking(calibrated, fit, progress, plan.steps, plan.spike_costs)
+        spiking.report["seconds"]["training"] += seconds
+        trained = _trained_spikes(spiking)
+    spiking.report["energy_budget"] = plan.report(trained)
+    spiking.report["seconds"]["budget"] = plan.seconds
+    return spiking
+
+
+def _trained_spikes(spiking: SpikingModel) -> Tensor:
+    """Held-out spikes per neuron of each site (the conversion report's scores)."""
+    return torch.tensor([row["spikes"] for row in spiking.report["sites"]], dtype=torch.float64)
