@@ -203,7 +203,7 @@ class SpikingSimulator:
                 q_block = q_sums[:, :, group, block].reshape(t, batch, groups * size, depth)
                 scores = spike_matmul(q_block, k_sums[:, :, kv, :, columns])
                 probs = accumulate_difference(scores, softmax)
-                p_train = self._fire_probs(i, probs.view(batch, groups, size, -1), columns, keys)
+                p_train = self._fire_probs(i, probs.reshape(batch, groups, size, -1), columns, keys)
                 # Eq. 51 summed over T (the o neuron integrates it)
                 p_value = train_value(p_train).view(batch, groups * size, -1)
                 pv = p_value @ v_value[:, kv, columns]
