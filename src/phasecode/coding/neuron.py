@@ -174,13 +174,19 @@ def fast_site_value(
     to run the same code eagerly. ``mask_strength`` applies spike masking (``mask_window``); a
     site using fewer steps than the table's T runs only those.
     """
+    return fused_site_value(x, fused_arguments(table, mask_strength, x), compiled)
+
+
+def fused_site_value(x: Tensor, arguments: tuple, compiled: bool = True) -> Tensor:
+    """``fast_site_value`` with the neuron's ``fused_arguments`` prepared once by the caller
+    (the fast path's hot loop: no table conversion or device sync per call)."""
     fn = _fused_site_value
     if compiled and compile_cache.enabled():
         fn = _COMPILED.setdefault("value", compile_cache.compiled(_fused_site_value))
     dtype = firing_dtype(x.dtype)
     # detached: a flat view of a 3-d or 4-d tensor would make the compiled kernel guard on (and
     # recompile for) the layout of the tensor it views
-    flat = fn(x.reshape(-1).to(dtype).detach(), *fused_arguments(table, mask_strength, x))
+    flat = fn(x.reshape(-1).to(dtype).detach(), *arguments)
     return flat.reshape(x.shape).to(x.dtype)
 
 

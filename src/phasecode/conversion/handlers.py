@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from phasecode.calibration.reservoir import Reservoir
-from phasecode.coding.neuron import fast_site_value, firing_dtype, fused_arguments, mask_window
+from phasecode.coding.neuron import firing_dtype, fused_arguments, fused_site_value, mask_window
 from phasecode.coding.table import CodeTable
 from phasecode.models.sites import site_kind
 
@@ -60,7 +60,7 @@ class Observer:
 class Coder:
     """Replaces each coded site's input with SN(x); sites without a neuron pass through.
 
-    ``compiled`` selects the fused kernel (``fast_site_value``), bit-identical to the
+    ``compiled`` selects the fused kernel (``fused_site_value``), bit-identical to the
     step-by-step dynamics but one pass over the activations; ``mask_strength`` applies spike
     masking (``coding.neuron.mask_window``).
     """
@@ -73,19 +73,14 @@ class Coder:
         mask_window(table.timesteps, mask_strength)  # validate now, not at the first site
         self.rows = {name: table.select(i) for i, name in enumerate(sites)}
         self.compiled, self.mask_strength = compiled, mask_strength
-        self._placed: dict[tuple[str, torch.device, torch.dtype], CodeTable] = {}
         self._fused: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
         row = self.rows.get(site)
         if row is None:
             return x
-        key = (site, x.device, firing_dtype(x.dtype))
-        placed = self._placed.get(key)
-        if placed is None:  # one copy per device and dtype, not one per call
-            placed = self._placed[key] = row.to(key[2], x.device)
         with torch.no_grad():
-            return fast_site_value(x, placed, self.compiled, self.mask_strength)
+            return fused_site_value(x, self.fused(site, x), self.compiled)
 
     def fused(self, site: str, like: Tensor) -> tuple | None:
         """The site's neuron as a fused kernel takes it (``fused_arguments``), on ``like``'s
@@ -94,7 +89,7 @@ class Coder:
         row = self.rows.get(site)
         if row is None:
             return None
-        key = (site, like.device, like.dtype)
+        key = (site, like.device, firing_dtype(like.dtype))
         if key not in self._fused:
             self._fused[key] = fused_arguments(row, self.mask_strength, like)
         return self._fused[key]
