@@ -41,6 +41,20 @@ def write_calibration(path: Path, docs: int = 12, words: int = 50) -> Path:
 
 
 @torch.no_grad()
+def tiny_calibrated(directory: Path, tokenizer):
+    """A float64 tiny LLaMA calibrated on a small file without a prefix (``Calibrated``)."""
+    from phasecode.conversion.convert import calibrate
+    from phasecode.inference.prefix_choice import NO_PREFIX
+    from phasecode.models.precision import to_float64
+    from phasecode.settings import SamplingSettings
+
+    torch.manual_seed(0)
+    model = to_float64(AutoModelForCausalLM.from_config(LlamaConfig(**CONVERTIBLE_SIZES))).eval()
+    calibration = write_calibration(directory / "calib.jsonl")
+    sampling = SamplingSettings(samples=64, calibration=calibration, sequences=4, seq_len=32)
+    return calibrate(model, tokenizer, sampling, prefix=NO_PREFIX, progress=False)
+
+
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(tokens).logits
 

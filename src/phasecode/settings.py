@@ -15,6 +15,10 @@ from phasecode.training.alternating import TrainConfig
 
 METHODS = ("mgpc", "las", "spikedattention", "ttfs", "rate", "phase")
 CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire −1 (neuron.py)
+# what a site's neuron minimises: its samples' squared error, or that error weighted by the
+# model loss's squared gradient at each value (E[g² | x], conversion/sensitivity.py)
+OBJECTIVES = ("mse", "fisher")
+PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/energy.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 
 
@@ -38,6 +42,10 @@ class FitSettings:
     grains: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
     code: str = "binary"
+    objective: str = "mse"
+    # κ of a κ·(mean error)² term for the attention-probability sites (training/objective.py);
+    # 0: plain objective
+    probs_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -47,6 +55,18 @@ class FitSettings:
             raise PhasecodeError(f"unknown code {self.code!r}; choose from {', '.join(CODES)}")
         if self.code != "binary" and self.method != "mgpc":
             raise PhasecodeError(f"--code {self.code} trains its neurons: it needs --method mgpc")
+        if self.objective not in OBJECTIVES:
+            raise PhasecodeError(
+                f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}"
+            )
+        if not (math.isfinite(self.probs_bias) and self.probs_bias >= 0):
+            raise PhasecodeError(f"--probs-bias must be a number >= 0, got {self.probs_bias}")
+        if self.probs_bias and self.method != "mgpc":
+            raise PhasecodeError("--probs-bias trains its neurons: it needs --method mgpc")
+        if self.objective != "mse" and self.method != "mgpc":
+            raise PhasecodeError(
+                f"--objective {self.objective} trains its neurons: it needs --method mgpc"
+            )
         validate_timesteps(self.timesteps, TTFS_TIMESTEPS if self.method == "ttfs" else PHASE_LIMIT)
         if not 1 <= self.grains <= self.timesteps:
             raise PhasecodeError(f"grains must be in 1..T={self.timesteps}, got {self.grains}")

@@ -73,10 +73,14 @@ CASES = [
         ["list"],
     ),
     (_convert("--code", "signed-digit", "--method", "las", "--out", "{root}/new"), ["mgpc"]),
+    (_convert("--objective", "fisher", "--method", "rate", "--out", "{root}/new"), ["mgpc"]),
+    (_convert("--probs-bias", "-1", "--out", "{root}/new"), ["--probs-bias"]),
+    (["neurons", "--model", "{root}/model", "--objective", "fisher"], ["phasecode convert"]),
     # pareto
     (["pareto", "--budgets", "0.8,x", "--out", "{root}/new"], ["--budgets"]),
     (["pareto", "--budgets", "0", "--out", "{root}/new"], ["energy budget"]),
     (["pareto", "--masks", "8", "--out", "{root}/new"], ["--masks"]),
+    (["pareto", "--unbiased-probs", "6,x", "--out", "{root}/new"], ["--unbiased-probs"]),
     (["pareto", "--uniform", "8,99", "--out", "{root}/new"], ["timesteps"]),
     (["pareto", "--model", "{root}/model", "--out", "{root}/calib.jsonl"], ["calib.jsonl"]),
     # neurons

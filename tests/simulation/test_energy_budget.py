@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONVERTIBLE_SIZES, write_calibration
-from transformers import AutoModelForCausalLM, LlamaConfig
+from helpers import tiny_calibrated
 
-from phasecode.conversion.convert import calibrate
-from phasecode.inference.prefix_choice import NO_PREFIX
-from phasecode.models.precision import to_float64
-from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings
+from phasecode.settings import EnergyBudget, FitSettings
 from phasecode.simulation.budget import SiteOptions, budget_plan, choose_steps, fit_under_budget
 from phasecode.simulation.counting import Counter
 from phasecode.simulation.energy import PRESETS, energy
@@ -26,11 +22,7 @@ LENGTH = 16
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, tiny_tokenizer):
-    torch.manual_seed(0)
-    model = to_float64(AutoModelForCausalLM.from_config(LlamaConfig(**CONVERTIBLE_SIZES))).eval()
-    calibration = write_calibration(tmp_path_factory.mktemp("budget") / "calib.jsonl")
-    sampling = SamplingSettings(samples=64, calibration=calibration, sequences=4, seq_len=32)
-    return calibrate(model, tiny_tokenizer, sampling, prefix=NO_PREFIX, progress=False)
+    return tiny_calibrated(tmp_path_factory.mktemp("budget"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from phasecode.cli import options
+from phasecode.errors import PhasecodeError
 from phasecode.outputs import check_artifact_dir, check_output_file, write_json_or_print
 
 HELP = "fit a neuron per activation site and score it"
@@ -24,6 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.neurons import neurons_job
 
     fit = options.fit_settings(args)
+    if fit.objective != "mse":
+        raise PhasecodeError(
+            f"--objective {fit.objective} weighs errors by the model's loss, which `neurons` "
+            "does not run; use `phasecode convert`"
+        )
     sampling = options.sampling_settings(args, prefix=not args.no_prefix)
     where = options.placement(args)
     options.check_model(args, where)

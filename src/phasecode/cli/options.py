@@ -16,7 +16,7 @@ from phasecode.models.devices import DTYPES, resolve_device, resolve_dtype
 from phasecode.models.loading import DEFAULT_MODEL
 from phasecode.models.placement import Placement
 from phasecode.models.quantize import WEIGHT_BITS
-from phasecode.settings import CODES, METHODS, FitSettings, SamplingSettings
+from phasecode.settings import CODES, METHODS, OBJECTIVES, FitSettings, SamplingSettings
 from phasecode.training.alternating import MODES, TrainConfig
 
 MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
@@ -86,20 +86,33 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=TrainConfig.rounds, help="N of Alg. 1")
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
-    parser.add_argument(
+    _choice(
+        parser,
         "--code",
-        default="binary",
-        choices=CODES,
-        metavar="|".join(CODES),
-        help="mgpc neuron: spikes carry the input's sign (binary) or may also fire -1 to "
+        CODES,
+        "mgpc neuron: spikes carry the input's sign (binary) or may also fire -1 to "
         "correct an overshoot (signed-digit: fewer spikes)",
     )
+    _choice(
+        parser,
+        "--objective",
+        OBJECTIVES,
+        "mgpc training: each site's squared error (mse), or that error weighted by the "
+        "loss's squared gradient at each value (fisher: one backward pass over the calibration)",
+    )
     parser.add_argument(
+        "--probs-bias",
+        type=float,
+        default=0.0,
+        metavar="KAPPA",
+        help="mgpc training: add KAPPA·(mean error)² at the attention-probability sites, so "
+        "the coded probabilities keep their mass (64 recommended at T <= 6; 0: off)",
+    )
+    _choice(
+        parser,
         "--mode",
-        default=TrainConfig.mode,
-        choices=MODES,
-        metavar="|".join(MODES),
-        help="mgpc training: Alg. 1, all parameters at once (Table 6) or h = θ (Table 7)",
+        MODES,
+        "mgpc training: Alg. 1, all parameters at once (Table 6) or h = θ (Table 7)",
     )
     parser.add_argument(
         "--weight-bits",
@@ -110,11 +123,26 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _choice(parser: argparse.ArgumentParser, flag: str, choices: tuple, help: str) -> None:
+    """An option among ``choices``, the first being the default, shown as a|b|c."""
+    parser.add_argument(
+        flag, default=choices[0], choices=choices, metavar="|".join(choices), help=help
+    )
+
+
 def fit_settings(args: argparse.Namespace) -> FitSettings:
     if not (math.isfinite(args.lr_threshold) and args.lr_threshold > 0) or args.rounds < 1:
         raise PhasecodeError("--lr-threshold must be a finite number > 0 and --rounds >= 1")
     train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds, mode=args.mode)
-    return FitSettings(args.method, args.timesteps, args.grains, train, args.code)
+    return FitSettings(
+        args.method,
+        args.timesteps,
+        args.grains,
+        train,
+        args.code,
+        args.objective,
+        args.probs_bias,
+    )
 
 
 def add_sampling(parser: argparse.ArgumentParser, seq_len_option: str = "--seq-len") -> None:

@@ -22,6 +22,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budgets", default="0.85,0.75,0.65", help="energy budgets (ratio to the ANN), comma list"
     )
+    parser.add_argument(
+        "--fisher",
+        default="",
+        help="T values of a signed-digit curve trained on the Fisher objective (comma list)",
+    )
+    parser.add_argument(
+        "--unbiased-probs",
+        default="",
+        help="T values of a signed-digit curve whose probabilities keep their mass "
+        "(--probs-bias at its recommended κ), comma list",
+    )
+    parser.add_argument(
+        "--unbiased-budgets",
+        default="",
+        help="energy budgets of a curve with --probs-bias at its recommended κ, comma list",
+    )
     parser.add_argument("--grains", type=int, default=2, help="number of bases (grains)")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 windows for PPL")
     parser.add_argument("--seq-len", type=int, default=512, help="PPL window length")
@@ -41,13 +57,16 @@ def run(args: argparse.Namespace) -> int:
 
     options.positive(args, "windows", "seq_len", "tokens")
     uniform = _numbers(args.uniform, "--uniform", int)
-    for t in [args.timesteps, *uniform]:
+    fisher = _numbers(args.fisher, "--fisher", int)
+    unbiased = _numbers(args.unbiased_probs, "--unbiased-probs", int)
+    for t in [args.timesteps, *uniform, *fisher, *unbiased]:
         FitSettings("mgpc", t, min(args.grains, t))  # validates T and grains
     masks = _numbers(args.masks, "--masks", int)
     if any(not 0 <= m < args.timesteps for m in masks):
         raise PhasecodeError(f"--masks must be in 0..T-1={args.timesteps - 1}")
     budgets = _numbers(args.budgets, "--budgets", float)
-    for budget in budgets:
+    unbiased_budgets = _numbers(args.unbiased_budgets, "--unbiased-budgets", float)
+    for budget in budgets + unbiased_budgets:
         EnergyBudget(budget)
     load_costs(args.costs)  # a bad cost file is refused before the model loads
     load_corpus(args.text)
@@ -56,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     options.check_model(args, where)
     for name in (RESULTS, TABLE, PLOT):
         check_output_file(args.out / name)
-    points = front_points(args.timesteps, uniform, masks, budgets)
+    points = front_points(
+        args.timesteps, uniform, masks, budgets, fisher, unbiased, unbiased_budgets
+    )
     pareto_job(
         args.model,
         points,

@@ -140,23 +140,31 @@ def _fused_site_value(
     of the output (``mask_spikes``). ``negative`` is read only when ``signed``."""
     v = x.abs()
     out = torch.zeros_like(x)
-    count = torch.zeros_like(x)
-    first = torch.full_like(x, float(threshold.shape[0]))
-    for t in range(threshold.shape[0]):
-        allowed = count < budget
-        up = (v >= threshold[t]) & allowed
-        fire = up
-        if signed:
-            down = (-v >= negative[t]) & allowed
-            fire = up | down
-        count = count + fire.to(x.dtype)
-        first = torch.where(fire & (first > t), float(t), first)
-        kept = t - first <= window
+    steps = threshold.shape[0]
+    limited, masked = budget < steps, window < steps - 1  # most sites: neither, a lighter loop
+    count = torch.zeros_like(x) if limited else None
+    first = torch.full_like(x, float(steps)) if masked else None
+    for t in range(steps):
+        up = v >= threshold[t]
+        down = -v >= negative[t] if signed else None
+        if limited:
+            allowed = count < budget
+            up = up & allowed
+            down = down & allowed if signed else None
+        fire = up | down if signed else up
+        if limited:
+            count = count + fire.to(x.dtype)
+        kept_up, kept_down = up, down
+        if masked:
+            first = torch.where(fire & (first > t), float(t), first)
+            kept = t - first <= window
+            kept_up = up & kept
+            kept_down = down & kept if signed else None
         v = torch.where(up, v - reset[t], v)
-        out = torch.where(up & kept, out + weight[t], out)
+        out = torch.where(kept_up, out + weight[t], out)
         if signed:
             v = torch.where(down, v + reset[t], v)
-            out = torch.where(down & kept, out - weight[t], out)
+            out = torch.where(kept_down, out - weight[t], out)
     return torch.sign(x) * out
 
 

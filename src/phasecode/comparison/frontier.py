@@ -4,7 +4,9 @@ Every point is one conversion fitted from the same calibration and measured the 
 total and compute (MAC+AC) energy relative to the ANN by the spike-level simulator, and the
 fast path's perplexity relative to the ANN. Families of points are drawn as separate curves:
 the wave-1 neuron over T, that neuron with spike masking, LAS over T, the signed-digit neuron
-over T, and the signed-digit neuron under energy budgets (per-site T, priced spikes).
+over T, the signed-digit neuron under energy budgets (per-site T, priced spikes), and the
+signed-digit neuron trained on the Fisher-weighted objective over T, and the signed-digit
+neuron whose attention probabilities keep their mass (``--probs-bias``) over T.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from phasecode.comparison.tables import format_seconds
+from phasecode.settings import PROBS_BIAS
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,17 @@ class Point:
     timesteps: int
     mask: int = 0
     budget: float | None = None
+    objective: str = "mse"
+    probs_bias: float = 0.0
 
     @property
     def key(self) -> str:
         budget = "" if self.budget is None else f"-budget{self.budget:g}"
-        return f"{self.method}-{self.code}-T{self.timesteps}-mask{self.mask}{budget}"
+        objective = "" if self.objective == "mse" else f"-{self.objective}"
+        bias = f"-probsbias{self.probs_bias:g}" if self.probs_bias else ""
+        return (
+            f"{self.method}-{self.code}-T{self.timesteps}-mask{self.mask}{budget}{objective}{bias}"
+        )
 
     @property
     def label(self) -> str:
@@ -41,10 +50,18 @@ class Point:
 
 
 def front_points(
-    timesteps: int, uniform: list[int], masks: list[int], budgets: list[float]
+    timesteps: int,
+    uniform: list[int],
+    masks: list[int],
+    budgets: list[float],
+    fisher: list[int] = (),
+    unbiased: list[int] = (),
+    unbiased_budgets: list[float] = (),
 ) -> list[Point]:
     """The sweep: the ``uniform`` T values for the uniform curves, the given masking
-    strengths and budgets at ``timesteps``."""
+    strengths and budgets at ``timesteps``, the ``fisher`` T values for the Fisher curve and
+    the ``unbiased`` ones for the curve with ``PROBS_BIAS`` on the probabilities (and the
+    ``unbiased_budgets`` with it under energy budgets)."""
     points = [Point("wave-1 neuron, uniform T", "mgpc", "binary", t) for t in uniform]
     points += [
         Point("wave-1 neuron, masking", "mgpc", "binary", timesteps, m) for m in masks if m > 0
@@ -54,6 +71,31 @@ def front_points(
     points += [
         Point("signed-digit + energy budget", "mgpc", "signed-digit", timesteps, 0, b)
         for b in budgets
+    ]
+    points += [
+        Point("signed-digit, Fisher objective", "mgpc", "signed-digit", t, objective="fisher")
+        for t in fisher
+    ]
+    points += [
+        Point(
+            f"signed-digit, probabilities unbiased (κ={PROBS_BIAS:g})",
+            "mgpc",
+            "signed-digit",
+            t,
+            probs_bias=PROBS_BIAS,
+        )
+        for t in unbiased
+    ]
+    points += [
+        Point(
+            f"signed-digit + energy budget, probabilities unbiased (κ={PROBS_BIAS:g})",
+            "mgpc",
+            "signed-digit",
+            timesteps,
+            budget=b,
+            probs_bias=PROBS_BIAS,
+        )
+        for b in unbiased_budgets
     ]
     return points
 

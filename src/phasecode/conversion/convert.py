@@ -28,7 +28,7 @@ from phasecode.calibration.text import read_texts, token_batches
 from phasecode.coding.table import CodeTable
 from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
 from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
-from phasecode.conversion.sensitivity import site_sensitivity
+from phasecode.conversion.sensitivity import SENSITIVITY_WINDOWS, Sensitivity, site_sensitivity
 from phasecode.conversion.surgery import SpikingSurgery
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix
@@ -181,18 +181,19 @@ class Calibrated:
     prefix_choice: dict  # why the prefix is what it is (``PrefixChoice.report``)
     outliers_profile: dict  # ``outlier_profile``: the report's outlier picture
     windows: Tensor  # the calibration windows [n, L]
-    _sensitivity: Tensor | None = None
+    _sensitivity: Sensitivity | None = None
 
-    def sensitivity(self, progress: bool = True) -> Tensor:
-        """F_s per site (``calibration.sensitivity``), measured once on the calibration
-        windows through the prepared ANN."""
+    def sensitivity(self, progress: bool = True) -> Sensitivity:
+        """Each site's loss sensitivity (``conversion.sensitivity``), measured once on the
+        calibration windows through the prepared ANN."""
         if self._sensitivity is None:
             self._sensitivity = site_sensitivity(
                 self.model,
                 lambda handler: self.prepared.surgery(self.model, handler, self.spec.lm_head),
                 self.sites,
-                self.windows,
+                self.windows[:SENSITIVITY_WINDOWS],
                 self.prepared.prefix,
+                self.train,
                 progress,
             )
         return self._sensitivity
@@ -284,6 +285,15 @@ def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:
     }
 
 
+def probs_bias(sites: list[str], fit: FitSettings) -> Tensor | None:
+    """[S] κ of the mean-error term: ``fit.probs_bias`` at the attention-probability sites, 0
+    elsewhere (None when off)."""
+    if not fit.probs_bias:
+        return None
+    probs = [site_kind(site) == "probs" for site in sites]
+    return torch.tensor(probs, dtype=torch.float64) * fit.probs_bias
+
+
 def fit_spiking(
     calibrated: Calibrated,
     fit: FitSettings,
@@ -300,8 +310,14 @@ def fit_spiking(
     )
     device = next(c.model.parameters()).device  # train where the model runs (a GPU: faster)
     train, heldout = c.train.to(device), c.heldout.to(device)
-    result = fit_codes(train, fit, progress, steps, spike_costs)
-    scores = score_sites(result.table, train, heldout)
+    weight = heldout_weight = None
+    if fit.objective == "fisher":
+        sensitivity = c.sensitivity(progress)
+        weight, heldout_weight = sensitivity.weights(train), sensitivity.weights(heldout)
+    bias = probs_bias(c.sites, fit)
+    bias = None if bias is None else bias.to(train)
+    result = fit_codes(train, fit, progress, steps, spike_costs, weight, bias)
+    scores = score_sites(result.table, train, heldout, heldout_weight)
     table = result.table.to(device="cpu")
     curve = result.loss_curve.cpu() if result.loss_curve is not None else None
     prefix = c.prepared.prefix
@@ -313,6 +329,8 @@ def fit_spiking(
         "mean_ratio": float(scores["ratio"].mean()),
         "seconds": {"calibration": c.seconds, "training": result.seconds},
         "spec": asdict(spec),
+        "objective": fit.objective,
+        "probs_bias": fit.probs_bias,
         "prefix_choice": c.prefix_choice,
         "outliers_profile": c.outliers_profile,
         "prefix_seconds": prefix.seconds if prefix is not None else 0.0,

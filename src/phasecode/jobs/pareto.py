@@ -76,7 +76,13 @@ def pareto_job(
         calibrated = calibrate(model, tokenizer, sampling, progress=progress)
         for point in todo:
             fit = FitSettings(
-                point.method, point.timesteps, grains, train or TrainConfig(), point.code
+                point.method,
+                point.timesteps,
+                grains,
+                train or TrainConfig(),
+                point.code,
+                point.objective,
+                point.probs_bias,
             )
             record = _measure_point(calibrated, point, fit, ppl_windows, (tokens, text), cost_table)
             record["ppl_ratio"] = record["ppl"] / ann_ppl

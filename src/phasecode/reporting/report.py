@@ -153,6 +153,10 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
         )
     rows.append(("weights", f"{spec['weight_bits']}-bit" if spec.get("weight_bits") else "full"))
     rows.append(("neuron", spec.get("code", "binary")))
+    objective = report.get("objective", "mse")
+    if report.get("probs_bias"):
+        objective += f", κ = {report['probs_bias']:g} on the probabilities' mean error"
+    rows.append(("training objective", objective))
     budget = report.get("energy_budget")
     if budget is not None:
         steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())

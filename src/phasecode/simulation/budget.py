@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 
 from phasecode.coding.neuron import spikes, value
-from phasecode.conversion.convert import Calibrated, SpikingModel, fit_spiking
+from phasecode.conversion.convert import Calibrated, SpikingModel, fit_spiking, probs_bias
 from phasecode.settings import EnergyBudget, FitSettings
 from phasecode.simulation.energy import load_costs
 from phasecode.simulation.estimate import SiteEnergy, site_energy
 from phasecode.training.alternating import init_neurons, site_scale
+from phasecode.training.objective import site_error
 
 OPTION_SAMPLES = 2048  # held-out samples per site used to score the options
-SENSITIVITY_WINDOWS = 4  # calibration windows the loss sensitivity is measured on
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,26 @@ class SiteOptions:
 
 
 def site_options(
-    heldout: Tensor, sensitivity: Tensor, timesteps: range, signed: bool
+    heldout: Tensor,
+    sensitivity: Tensor,
+    timesteps: range,
+    signed: bool,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> SiteOptions:
-    """Score the start-point neuron of every T in ``timesteps`` on every site."""
+    """Score the start-point neuron of every T in ``timesteps`` on every site: its MSE, with
+    ``weight`` [S, N] for the held-out samples its Fisher-weighted MSE, with ``bias`` [S]
+    plus κ·(mean error)² (the training objective's terms)."""
     samples = heldout[:, :OPTION_SAMPLES].double()
+    weight = None if weight is None else weight[:, :OPTION_SAMPLES].to(samples)
+    bias = None if bias is None else bias.to(samples)
     scale = site_scale(samples)
     magnitude = (samples / scale[:, None]).abs()
     losses, counts = [], []
     for t in timesteps:
         neurons = init_neurons(magnitude, [(t,)] * samples.shape[0], False, signed)
         table = neurons.frozen_table().scaled(scale)
-        mse = (value(samples, table) - samples).pow(2).mean(1)
+        mse = site_error(value(samples, table), samples, weight, bias)
         losses.append(0.5 * sensitivity.to(mse) * mse)
         counts.append((spikes(samples, table) != 0).sum(0).double().mean(1))
     return SiteOptions(tuple(timesteps), torch.stack(losses, 1).cpu(), torch.stack(counts, 1).cpu())
@@ -167,7 +176,9 @@ def budget_plan(
     """Sensitivity, predicted energy and the knapsack's choice of T per site."""
     start = time.perf_counter()
     c = calibrated
-    sensitivity = c.sensitivity(progress)
+    probe = c.sensitivity(progress)
+    sensitivity = probe.fisher
+    weight = probe.weights(c.heldout) if fit.objective == "fisher" else None
     prefix = len(c.prepared.prefix) if c.prepared.prefix is not None else 0
     rotations = (c.prepared.down_rotation is not None, c.prepared.head_rotation is not None)
     energy = site_energy(
@@ -175,7 +186,10 @@ def budget_plan(
     )
     low = min(budget.min_timesteps, fit.timesteps)
     signed = fit.code == "signed-digit"
-    options = site_options(c.heldout, sensitivity, range(low, fit.timesteps + 1), signed)
+    bias = probs_bias(c.sites, fit)
+    options = site_options(
+        c.heldout, sensitivity, range(low, fit.timesteps + 1), signed, weight, bias
+    )
     choice = choose_steps(options, energy, budget.ratio)
     if not choice.reachable:
         warnings.warn(

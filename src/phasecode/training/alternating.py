@@ -25,6 +25,7 @@ from phasecode.training.neurons import (
     quadratic_loss,
     spike_statistics,
 )
+from phasecode.training.objective import site_error
 from phasecode.training.uniform import best_step
 
 MODES = ("alternating", "joint", "coupled")
@@ -65,11 +66,16 @@ def site_scale(samples: Tensor) -> Tensor:
 
 
 def init_neurons(
-    magnitude: Tensor, allocation: list[tuple[int, ...]], coupled: bool, signed: bool = False
+    magnitude: Tensor,
+    allocation: list[tuple[int, ...]],
+    coupled: bool,
+    signed: bool = False,
+    weight: Tensor | None = None,
 ) -> PhaseNeurons:
-    """Neurons initialised from rounding LAS (see neurons.py) with its MSE-optimal τ."""
+    """Neurons initialised from rounding LAS (see neurons.py) with its (weighted-)MSE-optimal
+    τ: a weighted objective that cares about the tail starts from a wider range."""
     timesteps = sum(allocation[0])
-    tau = best_step(magnitude, 2**timesteps, rounding=True) * 2**timesteps
+    tau = best_step(magnitude, 2**timesteps, rounding=True, weight=weight) * 2**timesteps
     return PhaseNeurons(tau, allocation, coupled=coupled, signed=signed)
 
 
@@ -80,26 +86,39 @@ def train_neurons(
     progress: bool = False,
     signed: bool = False,
     spike_cost: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> TrainResult:
     """Fit one neuron per row of ``samples`` [S, N] with the given per-site allocations.
-    ``spike_cost`` [S]: the energy term's λ_s, in units of the samples' squared values."""
+    ``spike_cost`` [S]: the energy term's λ_s, in units of the samples' squared values;
+    ``weight`` [S, N]: per-sample loss weights (mean 1 per site; the Fisher objective);
+    ``bias`` [S]: κ_s of a κ·(mean error)² term (errors that add up coherently downstream)."""
     config = config or TrainConfig()
     scale = site_scale(samples)
     magnitude = (samples / scale[:, None]).abs()
-    neurons = init_neurons(magnitude, allocation, config.mode == "coupled", signed)
+    neurons = init_neurons(magnitude, allocation, config.mode == "coupled", signed, weight)
     penalty = None if spike_cost is None else spike_cost / scale.pow(2)
-    curve, phases = _optimise(neurons, magnitude, config, progress, penalty)
+    loss = _Loss(magnitude, penalty, weight, bias)
+    curve, phases = _optimise(neurons, config, progress, loss)
     table = neurons.frozen_table().scaled(scale)
     return TrainResult(table, torch.stack(curve, 1), phases)
 
 
-def _optimise(
-    neurons: PhaseNeurons,
-    magnitude: Tensor,
-    config: TrainConfig,
-    progress: bool,
-    penalty: Tensor | None,
-):
+@dataclass
+class _Loss:
+    """What Alg. 1 minimises: the (weighted) squared error on the normalised magnitudes, plus
+    ``penalty`` [S] per expected spike when training is energy-aware."""
+
+    magnitude: Tensor  # [S, N]
+    penalty: Tensor | None
+    weight: Tensor | None  # [S, N], mean 1 per site
+    bias: Tensor | None = None  # [S] κ of the κ·(mean error)² term
+
+    def error(self, values: Tensor) -> Tensor:
+        return site_error(values, self.magnitude, self.weight, self.bias)
+
+
+def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: _Loss):
     """Run Alg. 1 (or its joint variant), keeping each site's best parameters seen."""
     best = _Best(neurons)
     curve: list[Tensor] = []
@@ -113,7 +132,7 @@ def _optimise(
         )
         steps = config.rounds * config.threshold_steps
         for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress):
-            curve.append(_surrogate_step(neurons, magnitude, opt, config, best, penalty))
+            curve.append(_surrogate_step(neurons, loss, opt, config, best))
             phases.append("joint")
         best.restore()
         return curve, phases
@@ -121,30 +140,30 @@ def _optimise(
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
     for _ in tqdm(range(config.rounds), desc="training", unit="round", disable=not progress):
         for _ in range(config.threshold_steps):
-            curve.append(_surrogate_step(neurons, magnitude, opt_spike, config, best, penalty))
+            curve.append(_surrogate_step(neurons, loss, opt_spike, config, best))
             phases.append("threshold")
-        stats = spike_statistics(magnitude, neurons.frozen_table())
+        stats = spike_statistics(loss.magnitude, neurons.frozen_table(), loss.weight, loss.bias)
         for _ in range(config.base_steps):
-            curve.append(_base_step(neurons, stats, opt_base, best, penalty))
+            curve.append(_base_step(neurons, stats, opt_base, best, loss.penalty))
             phases.append("base")
     best.restore()
     return curve, phases
 
 
-def _surrogate_step(neurons, magnitude, opt, config, best, penalty) -> Tensor:
-    """One step on {θ, h}; the loss curve records the MSE, the best snapshot the objective."""
+def _surrogate_step(neurons, loss: _Loss, opt, config, best) -> Tensor:
+    """One step on {θ, h}; the loss curve records the error, the best snapshot the objective."""
     opt.zero_grad(set_to_none=True)
-    values, count = neurons.surrogate_values(magnitude, config.sharpness)
-    loss = (values - magnitude).pow(2).mean(1)
-    objective = loss
-    if penalty is not None:
+    values, count = neurons.surrogate_values(loss.magnitude, config.sharpness)
+    error = loss.error(values)
+    objective = error
+    if loss.penalty is not None:
         best.spikes = count.detach().mean(1)
-        objective = loss + penalty * count.mean(1)
+        objective = error + loss.penalty * count.mean(1)
     best.offer(objective.detach())
     objective.sum().backward()
     opt.step()
     neurons.clamp_()
-    return loss.detach()
+    return error.detach()
 
 
 def _base_step(neurons, stats, opt, best, penalty) -> Tensor:

@@ -17,6 +17,7 @@ from phasecode.coding.table import CodeTable, concat_tables
 from phasecode.errors import PhasecodeError
 from phasecode.settings import FitSettings
 from phasecode.training.alternating import train_neurons
+from phasecode.training.objective import squared_error
 from phasecode.training.scale_fit import fit_tau
 from phasecode.training.search import search_allocation
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
@@ -36,22 +37,32 @@ def fit_codes(
     progress: bool = True,
     steps: Tensor | None = None,
     spike_cost: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> FitResult:
     """One code table row per site, by the chosen method.
 
     ``steps`` [S] gives each site its own T (≤ ``settings.timesteps``; default: all use it):
     sites of equal T train together and the table is padded to the largest. ``spike_cost``
-    [S] turns on energy-aware training (mgpc only; ``train_neurons``)."""
+    [S] turns on energy-aware training and ``weight`` [S, N] weighs each training sample's
+    error (the Fisher objective); ``bias`` [S] adds κ_s·(mean error)² (all mgpc only,
+    ``train_neurons``)."""
     start = time.perf_counter()
     if steps is None:
         steps = torch.full((train.shape[0],), settings.timesteps, dtype=torch.long)
     if spike_cost is not None and settings.method != "mgpc":
         raise PhasecodeError("energy-aware training needs --method mgpc")
+    if weight is not None and settings.method != "mgpc":
+        raise PhasecodeError("a weighted objective needs --method mgpc")
     parts, order, curves, phases = [], [], [], []
     for t in sorted(set(steps.tolist()), reverse=True):
         index = (steps == t).nonzero()[:, 0].to(train.device)
         cost = None if spike_cost is None else spike_cost.to(train.device)[index]
-        table, curve, phases = _fit_group(train[index], settings, t, progress, cost)
+        group_weight = None if weight is None else weight.to(train)[index]
+        group_bias = None if bias is None else bias.to(train)[index]
+        table, curve, phases = _fit_group(
+            train[index], settings, t, progress, cost, group_weight, group_bias
+        )
         parts.append(table)
         order.append(index)
         curves.append(curve)
@@ -62,17 +73,27 @@ def fit_codes(
 
 
 def _fit_group(
-    train: Tensor, settings: FitSettings, t: int, progress: bool, spike_cost: Tensor | None
+    train: Tensor,
+    settings: FitSettings,
+    t: int,
+    progress: bool,
+    spike_cost: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
 ) -> tuple[CodeTable, Tensor | None, list[str]]:
     """Sites that share one T."""
     signed = settings.code == "signed-digit"
     if settings.method == "mgpc":
         grains = min(settings.grains, t)
         if grains > 1:
-            allocation, _ = search_allocation(train, t, grains, settings.train, signed)
+            allocation, _ = search_allocation(
+                train, t, grains, settings.train, signed, weight, bias
+            )
         else:
             allocation = [even_allocation(t, 1)] * train.shape[0]
-        result = train_neurons(train, allocation, settings.train, progress, signed, spike_cost)
+        result = train_neurons(
+            train, allocation, settings.train, progress, signed, spike_cost, weight, bias
+        )
         return result.table, result.loss_curve, result.phases
     if settings.method == "phase":
         return baselines.phase(train.shape[0], t), None, []
@@ -80,10 +101,14 @@ def _fit_group(
     return build(fit_tau(settings.method, train, t, build), t), None, []
 
 
-def score_sites(table: CodeTable, train: Tensor, heldout: Tensor) -> dict[str, Tensor]:
+def score_sites(
+    table: CodeTable, train: Tensor, heldout: Tensor, heldout_weight: Tensor | None = None
+) -> dict[str, Tensor]:
     """Held-out MSE and spikes per neuron of the neurons, and the MSE of both yardsticks
-    fitted on ``train`` (at each site's own T)."""
-    mse = (value(heldout, table) - heldout).pow(2).mean(1)
+    fitted on ``train`` (at each site's own T); with ``heldout_weight`` also the weighted MSE
+    the Fisher objective minimises."""
+    coded = value(heldout, table)
+    mse = (coded - heldout).pow(2).mean(1)
     fired = spikes(heldout, table.to(device=heldout.device)) != 0
     bound, uniform = torch.empty_like(mse), torch.empty_like(mse)
     for t in set(table.steps.tolist()):
@@ -91,8 +116,12 @@ def score_sites(table: CodeTable, train: Tensor, heldout: Tensor) -> dict[str, T
         bound[index] = lloyd_max_mse(train[index], heldout[index], t)
         uniform[index] = uniform_mse(train[index], heldout[index], t)
     tiny = torch.finfo(mse.dtype).tiny
-    return {
+    weighted = {}
+    if heldout_weight is not None:
+        weighted["fisher_mse"] = squared_error(coded, heldout, heldout_weight.to(heldout))
+    return weighted | {
         "mse": mse,
+        "mean_error": (coded - heldout).mean(1),
         "spikes": fired.sum(0).to(mse.dtype).mean(1),
         "lloyd_max_mse": bound,
         "ratio": mse / bound.clamp_min(tiny),

@@ -149,19 +149,33 @@ class _Counting:
         return s
 
 
-def spike_statistics(magnitude: Tensor, table: CodeTable) -> tuple[Tensor, Tensor, Tensor]:
+def spike_statistics(
+    magnitude: Tensor,
+    table: CodeTable,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Moments that make the loss an exact quadratic in d while θ, h are fixed.
 
-    With θ, h fixed the spikes do not depend on B, so mean((Σ d_t s_t − |x|)²) =
-    dᵀGd − 2bᵀd + c with G = E[s sᵀ] [S,T,T], b = E[s|x|] [S,T], c = E[x²] [S]: every B step
-    then costs O(S·T²) instead of a pass over the samples, and its gradient is the true one.
+    With θ, h fixed the spikes do not depend on B, so mean(w·(Σ d_t s_t − |x|)²) =
+    dᵀGd − 2bᵀd + c with G = E[w s sᵀ] [S,T,T], b = E[w s|x|] [S,T], c = E[w x²] [S] (w: the
+    per-sample loss weight, 1 for plain MSE): every B step then costs O(S·T²) instead of a
+    pass over the samples, and its gradient is the true one. ``bias`` [S] adds κ·(mean error)²,
+    itself the quadratic (dᵀE[s] − E[|x|])², to each site's loss.
     """
     with torch.no_grad():
         s = torch.stack(list(fire_steps(magnitude, table, heaviside)), 1)  # [S, T, N]
         n = magnitude.shape[1]
-        gram = s @ s.transpose(1, 2) / n
-        cross = (s @ magnitude[:, :, None])[:, :, 0] / n
-        energy = magnitude.pow(2).mean(1)
+        ws = s if weight is None else s * weight[:, None, :]
+        gram = ws @ s.transpose(1, 2) / n
+        cross = (ws @ magnitude[:, :, None])[:, :, 0] / n
+        squared = magnitude.pow(2)
+        energy = (squared if weight is None else weight * squared).mean(1)
+        if bias is not None:
+            rate, mean = s.mean(2), magnitude.mean(1)
+            gram = gram + bias[:, None, None] * rate[:, :, None] * rate[:, None, :]
+            cross = cross + (bias * mean)[:, None] * rate
+            energy = energy + bias * mean.pow(2)
     return gram, cross, energy
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from phasecode.coding.allocation import candidate_allocations
 from phasecode.training.alternating import TrainConfig, init_neurons, site_scale
 from phasecode.training.neurons import quadratic_loss, spike_statistics
+from phasecode.training.objective import site_error
 
 
 def search_allocation(
@@ -24,8 +25,11 @@ def search_allocation(
     grains: int,
     config: TrainConfig | None = None,
     signed: bool = False,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> tuple[list[tuple[int, ...]], Tensor]:
-    """Pick one allocation per site; returns them and the final α [S, C]."""
+    """Pick one allocation per site; returns them and the final α [S, C] (``weight``
+    [S, N] and ``bias`` [S]: the objective's terms, as ``train_neurons``)."""
     config = config or TrainConfig()
     candidates = candidate_allocations(timesteps, grains)
     sites, count = samples.shape[0], len(candidates)
@@ -34,8 +38,11 @@ def search_allocation(
     subset = samples[:, : config.search_samples]
     magnitude = (subset / site_scale(subset)[:, None]).abs()
     stacked = magnitude.repeat(count, 1)  # candidate-major: rows c*S .. c*S+S-1
+    subset_weight = None if weight is None else weight[:, : config.search_samples]
+    stacked_weight = None if weight is None else subset_weight.repeat(count, 1)
+    stacked_bias = None if bias is None else bias.repeat(count)
     allocation = [c for c in candidates for _ in range(sites)]
-    neurons = init_neurons(stacked, allocation, config.mode == "coupled", signed)
+    neurons = init_neurons(stacked, allocation, config.mode == "coupled", signed, stacked_weight)
     alpha = torch.zeros(sites, count, device=samples.device, requires_grad=True)
     opt_alpha = torch.optim.Adam([alpha], lr=config.lr_alpha)
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
@@ -43,18 +50,18 @@ def search_allocation(
     for _ in range(config.search_steps):
         opt_spike.zero_grad(set_to_none=True)
         values, _ = neurons.surrogate_values(stacked, config.sharpness)
-        (values - stacked).pow(2).mean(1).sum().backward()
+        site_error(values, stacked, stacked_weight, stacked_bias).sum().backward()
         opt_spike.step()
         neurons.clamp_()
         opt_base.zero_grad(set_to_none=True)
-        stats = spike_statistics(stacked, neurons.frozen_table())
+        stats = spike_statistics(stacked, neurons.frozen_table(), stacked_weight, stacked_bias)
         quadratic_loss(neurons.weights(), stats).sum().backward()
         opt_base.step()
         neurons.clamp_()
         opt_alpha.zero_grad(set_to_none=True)
         outputs = values.detach().reshape(count, sites, -1).permute(1, 0, 2)  # [S, C, N]
         mixture = (alpha.softmax(1)[:, :, None] * outputs).sum(1)
-        (mixture - magnitude).pow(2).mean(1).sum().backward()
+        site_error(mixture, magnitude, subset_weight, bias).sum().backward()
         opt_alpha.step()
     picks = alpha.detach().argmax(1).tolist()
     return [candidates[p] for p in picks], alpha.detach()

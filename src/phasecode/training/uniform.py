@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from phasecode.training.objective import squared_error
+
 
 def grid_quantize(magnitude: Tensor, step: Tensor, levels: int, rounding: bool) -> Tensor:
     """Nearest (``rounding``) or next-lower grid level of non-negative inputs; step is [S]."""
@@ -16,9 +18,15 @@ def grid_quantize(magnitude: Tensor, step: Tensor, levels: int, rounding: bool) 
 
 
 def best_step(
-    magnitude: Tensor, levels: int, rounding: bool, grid: int = 24, rounds: int = 3
+    magnitude: Tensor,
+    levels: int,
+    rounding: bool,
+    grid: int = 24,
+    rounds: int = 3,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """Δ [S] minimising the grid's MSE on non-negative samples [S, N]."""
+    """Δ [S] minimising the grid's MSE on non-negative samples [S, N] (each sample's squared
+    error weighted by ``weight`` [S, N] when given)."""
     top = magnitude.amax(1).clamp_min(1e-30) / max(levels - 1, 1)
     lo = torch.full_like(top, 1e-3).log()
     hi = torch.full_like(top, 1.3).log()
@@ -28,9 +36,11 @@ def best_step(
         logs = lo[:, None] + (hi - lo)[:, None] * frac  # [S, G]
         errors = torch.stack(
             [
-                (grid_quantize(magnitude, top * logs[:, j].exp(), levels, rounding) - magnitude)
-                .pow(2)
-                .mean(1)
+                squared_error(
+                    grid_quantize(magnitude, top * logs[:, j].exp(), levels, rounding),
+                    magnitude,
+                    weight,
+                )
                 for j in range(grid)
             ],
             1,
