@@ -18,7 +18,7 @@ CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire
 # what a site's neuron minimises: its samples' squared error, or that error weighted by the
 # model loss's squared gradient at each value (E[g² | x], conversion/sensitivity.py)
 OBJECTIVES = ("mse", "fisher")
-PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/energy.md)
+PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 
 

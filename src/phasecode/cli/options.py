@@ -106,7 +106,8 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="KAPPA",
         help="mgpc training: add KAPPA·(mean error)² at the attention-probability sites, so "
-        "the coded probabilities keep their mass (64 recommended at T <= 6; 0: off)",
+        "the coded probabilities keep their mass (0: off; 64 helps SmolLM2 at T <= 8 but "
+        "not Qwen2: measure on your model)",
     )
     _choice(
         parser,
