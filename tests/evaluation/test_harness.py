@@ -202,13 +202,7 @@ def test_shared_contexts_give_the_whole_window_numbers(prefixed, analog, batch_s
     """
     lm = _lm(prefixed, analog, batch_size)
     requests, choices = _question_requests(lm)
-    shared = lm._loglikelihood_tokens(requests)
-    whole = _whole_windows(lm, requests)
-    for (ll, greedy), (expected, expected_greedy), (_, _, targets) in zip(
-        shared, whole, requests, strict=True
-    ):
-        assert ll == pytest.approx(expected, abs=1e-5 * len(targets))
-        assert greedy == expected_greedy
+    shared, whole = _scored_both_ways(lm, requests)
     assert any(greedy for _, greedy in whole) and not all(greedy for _, greedy in whole)
     at = 0
     for options in choices:
@@ -246,6 +240,12 @@ def test_sliding_window_models_run_whole_windows(spiking, tiny_model, monkeypatc
     monkeypatch.setattr(lm, "_shares_contexts", False)
     requests, _ = _question_requests(lm)
     assert {lm._split(0, c, k).shared for _, c, k in requests} == {()}
+    _scored_both_ways(lm, requests)
+
+
+def _scored_both_ways(lm, requests):
+    """(shared-context scores, whole-window scores) of ``requests``, checked equal: the same
+    log-likelihood within float32 rounding per target token and the same greedy flag."""
     shared = lm._loglikelihood_tokens(requests)
     whole = _whole_windows(lm, requests)
     for (ll, greedy), (expected, expected_greedy), (_, _, targets) in zip(
@@ -253,6 +253,7 @@ def test_sliding_window_models_run_whole_windows(spiking, tiny_model, monkeypatc
     ):
         assert ll == pytest.approx(expected, abs=1e-5 * len(targets))
         assert greedy == expected_greedy
+    return shared, whole
 
 
 # ----------------------------------------------------------------------------- model args

@@ -151,7 +151,7 @@ def _fused_site_value(
             allowed = count < budget
             up = up & allowed
             down = down & allowed if signed else None
-        fire = up | down if signed else up
+        fire = (up | down if signed else up) if limited or masked else None
         if limited:
             count = count + fire.to(x.dtype)
         kept_up, kept_down = up, down

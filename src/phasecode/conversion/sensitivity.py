@@ -13,7 +13,7 @@ E[g² | x] (no independence needed): the same pass also bins g² by |x| per site
 (``Sensitivity.curve``, bins of equal sample mass), and the Fisher-weighted training
 objective minimises E[w(x)·(SN(x) − x)²] with w(x) = E[g² | x] / E[g²]. For SiLU's output,
 whose gradient is the up projection times the product's gradient, this is the issue's
-E[(SN(a) − a)²·b²] and more; for probabilities it weighs the large ones that carry attention.
+E[(SN(a) − a)²·b²] and more.
 """
 
 from __future__ import annotations
