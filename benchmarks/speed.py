@@ -367,12 +367,16 @@ def render(results: dict) -> str:
 
 # measured once with torch.profiler on 100 ARC-Easy items (run alone, this commit's code)
 LMEVAL_PROFILE = """Where lm-eval's extra time goes: its forwards are short (a batch of ~16
-contexts of ~60 tokens, then their continuations), and each forward makes ~300 neuron and
+contexts of ~60 tokens, then their continuations), and each forward made ~300 neuron and
 attention kernel calls. Profiled on 100 ARC-Easy items (25 s of profiled SNN time):
 9,632 compiled-kernel calls cost ~1.5 s in torch.compile's own dispatch (guard lookup ~60 µs,
 the compiled region's wrapper ~90 µs per call) and ~1.4 s in the neuron kernels, and the
-coded attention ~1.2 s against the ANN's 0.9 s of SDPA. Fewer, larger calls (one compiled
-decoder layer, or one call per layer for all its sites) is the next step.
+coded attention ~1.2 s against the ANN's 0.9 s of SDPA. Since then each MLP with its four
+neurons is one compiled call (`coding/mlp.py`) and Q, K, V are coded in one call
+(`coding.attention.coded_heads`): 5 calls per decoder layer instead of 10, bit-identical
+(the 8-window logits of the default model are equal). The ratio went from 1.40× to the figure
+above (both runs alone); in one process, on 16 × 4-token forwards, the SNN/ANN median time
+went from 1.33× to 1.19×, and on 16 × 60-token forwards from 1.26× to 1.12×.
 
 Seconds here are not comparable with issue 11's 160 s / 294 s: on this machine today the ANN
 took 75.7 s for the 40 perplexity windows the issue timed at 31.9 s, i.e. the same work ran

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from phasecode.coding import attention, neuron
-from phasecode.coding.attention import coded_attention
+from phasecode.coding.attention import coded_attention, coded_heads
 from phasecode.coding.baselines import las
 from phasecode.coding.neuron import value
 from phasecode.conversion import surgery
@@ -436,6 +436,54 @@ def test_coder_attention_is_within_rounding_of_the_reference(coding_setup, monke
         got = logits(model, tokens)
     assert len(calls) == SIZES["num_hidden_layers"]
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def _site_by_site(coder: Coder):
+    """The coder's neurons called one site at a time (the surgery's generic path)."""
+    return lambda site, x: coder(site, x)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("kinds", [("gate_up", "silu", "up", "down"), ("silu", "down")])
+def test_coded_mlp_is_bit_identical_to_site_by_site(coding_setup, balanced, kinds):
+    """One call for the whole MLP (coding/mlp.py) with the online rotation, the balancing
+    scale and sites without a neuron: the very same values as the site-by-site path."""
+    model, tokens, _ = coding_setup
+    full = _las_coder(model, tokens, 6, compiled=False)
+    names = [name for name in full.rows if name.split(".")[-1] in kinds]
+    coder = Coder(las(torch.rand(len(names)) + 0.5, 6), names, compiled=False)
+    adapter = adapter_for(model)
+    layer = adapter.decoder_layers(model)[0]
+    rotation = OnlineRotation(SIZES["intermediate_size"])
+    scale = torch.rand(SIZES["intermediate_size"]) + 0.5 if balanced else None
+    x = torch.randn(BATCH, SEQ, SIZES["hidden_size"])
+    args = (adapter, layer)
+    fused = surgery.spiking_mlp_forward(*args, coder, 0, rotation, scale, x)
+    reference = surgery.spiking_mlp_forward(*args, _site_by_site(coder), 0, rotation, scale, x)
+    analog = surgery.spiking_mlp_forward(*args, Passthrough(), 0, rotation, scale, x)
+    assert _relative_error(fused, analog) > 1e-3  # the neurons did code
+    assert torch.equal(fused, reference)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_coded_heads_are_bit_identical_to_site_by_site(coding_setup, rotated):
+    """Q, K (rotated per head) and V coded in one call, as three calls would code them."""
+    model, tokens, _ = coding_setup
+    coder = _las_coder(model, tokens, 6, compiled=False)
+    rotation = OnlineRotation(HEAD_DIM) if rotated else None
+    query = torch.randn(BATCH, HEADS, SEQ, HEAD_DIM)
+    key, value = torch.randn(2, BATCH, KV_HEADS, SEQ + 3, HEAD_DIM).unbind()
+    value = value.transpose(2, 3).contiguous().transpose(2, 3)  # strided, as transformers'
+    neurons = tuple(coder.fused(f"layers.1.{kind}", query) for kind in ("q", "k", "v"))
+    traceable = rotation.traceable(query.device, query.dtype) if rotated else None
+    got = coded_heads(query, key, value, traceable, neurons, compiled=False)
+    if rotated:
+        query, key = rotation(query), rotation(key)
+    expected = [
+        coder(f"layers.1.{kind}", t) for kind, t in zip("qkv", (query, key, value), strict=True)
+    ]
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
 
 
 def test_coder_generation_with_a_kv_cache_matches_the_reference(coding_setup):

@@ -19,11 +19,13 @@ agree exactly except at such ties. Float64 models, kept for exact checks, use th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from phasecode import compile_cache
-from phasecode.coding.neuron import _fused_site_value
+from phasecode.coding.neuron import code_inside
 from phasecode.compile_cache import mark_dynamic
 
 # Scores per block of query rows: 4 MiB in float32 stays below glibc's 32 MiB mmap threshold
@@ -73,6 +75,40 @@ def coded_attention(
     return out
 
 
+@torch.no_grad()
+def coded_heads(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rotation: tuple[Callable[[Tensor, Tensor], Tensor], Tensor] | None,
+    neurons: tuple[tuple | None, tuple | None, tuple | None],
+    compiled: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Q and K rotated per head (``rotation`` as ``OnlineRotation.traceable``: (QH)(KH)ᵀ =
+    QKᵀ), then Q, K and V coded by their
+    neurons (``neurons``: the q, k and v sites as ``fused_arguments``, None passes): one
+    compiled call instead of three, the same operations as the site-by-site path, so the
+    results are bit-identical to it. ``query`` [B, Hq, S, D], ``key``/``value`` [B, Hk, L, D].
+    """
+    run = compile_cache.compiled(_code_heads, dynamic=None) if compiled else _code_heads
+    dynamic = [mark_dynamic(t, 0, 2) for t in (query, key, value)]  # batch, rows, keys
+    return run(*dynamic, rotation, *neurons)
+
+
+def _code_heads(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rotation: tuple[Callable[[Tensor, Tensor], Tensor], Tensor] | None,
+    *neurons: tuple | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if rotation is not None:
+        rotate, dense = rotation
+        query, key = rotate(query, dense), rotate(key, dense)
+    q, k, v = neurons
+    return code_inside(query, q), code_inside(key, k), code_inside(value, v)
+
+
 def _key_ends(mask: Tensor | None, rows: int, block: int, length: int) -> list[int]:
     """Per block of query rows: one past the last key any of its rows may see (in any batch
     row); all keys for a block with a row that may see none (its softmax is uniform over
@@ -98,6 +134,6 @@ def _attend_block(
     if mask is not None:
         scores = scores.view(batch, kv_heads, -1, rows, length) + mask.unsqueeze(1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    coded = _fused_site_value(probs.reshape(-1).to(neuron[0].dtype), *neuron).to(query.dtype)
+    coded = code_inside(probs, neuron)
     out = torch.matmul(coded.view(batch, kv_heads, -1, length), value)
     return out.view(batch, heads, rows, dim)

@@ -198,6 +198,14 @@ def fused_site_value(x: Tensor, arguments: tuple, compiled: bool = True) -> Tens
     return flat.reshape(x.shape).to(x.dtype)
 
 
+def code_inside(x: Tensor, neuron: tuple | None) -> Tensor:
+    """SN(x) for a kernel that fuses the neuron with other work (a compiled region): x in the
+    neuron's firing dtype and back, ``neuron`` as ``fused_arguments`` (None: x passes)."""
+    if neuron is None:
+        return x
+    return _fused_site_value(x.reshape(-1).to(neuron[0].dtype), *neuron).view(x.shape).to(x.dtype)
+
+
 def fused_arguments(table: CodeTable, mask_strength: int, like: Tensor) -> tuple:
     """``_fused_site_value``'s arguments after the input for a one-site table, on ``like``'s
     device in its firing dtype (also for kernels that fuse the neuron with other work)."""

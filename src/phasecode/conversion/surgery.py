@@ -3,11 +3,14 @@
 - q/k/v input: a forward pre-hook on the attention module (its ``hidden_states`` argument);
 - Q and K after RoPE, V, and the attention probabilities: an attention function registered in
   transformers' attention registry under ``phasecode`` (GQA-aware, coded before the KV heads
-  are repeated; the eager reference, or for a ``Coder`` the blocked, compiled coded attention
-  of ``coding/attention.py``);
+  are repeated; the eager reference, or for a ``Coder`` Q, K and V coded in one compiled call
+  and the blocked, compiled coded attention of ``coding/attention.py``);
 - o_proj input and lm_head input: forward pre-hooks;
 - the MLP: an instance-level ``forward`` that codes the gate/up input, both operands of the
-  SiLU·up product and the (online-rotated) down_proj input.
+  SiLU·up product and the (online-rotated) down_proj input; for a ``Coder``, the whole MLP is
+  one compiled call (``coding/mlp.py``).
+A ``Coder``'s fused calls run the same operations as the site-by-site path: fewer calls (each
+compiled call costs ~150 µs of dispatch on a CPU) for the short forwards of zero-shot scoring.
 Because every operation between sites is exact in the spiking network (linear layers, Eq. 51,
 52-55), this model equals the spiking network summed over time: the fast equivalent path.
 ``remove()`` restores the model exactly, also when installation failed half-way.
@@ -24,12 +27,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from phasecode.coding.attention import coded_attention
+from phasecode.coding.attention import coded_attention, coded_heads
+from phasecode.coding.mlp import coded_mlp
 from phasecode.conversion.handlers import Coder, Passthrough, SiteHandler
 from phasecode.models.adapters import Adapter, adapter_for
+from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.sites import LM_HEAD, site_name
 
 ATTENTION_KEY = "phasecode"
+MLP_SITES = ("gate_up", "silu", "up", "down")
 
 
 def spiking_attention(
@@ -56,14 +62,18 @@ def spiking_attention(
         mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
         kwargs["is_causal"] = False  # as the reference: no mask means none
         return sdpa_attention_forward(module, query, key, value, mask, dropout, scaling, **kwargs)
-    rotation = module.phasecode_head_rotation
-    if rotation is not None:  # per-head Hadamard after RoPE: (QH)(KH)ᵀ = QKᵀ
-        query, key = rotation(query), rotation(key)
-    layer = module.layer_idx
-    query = handler(site_name(layer, "q"), query)
-    key = handler(site_name(layer, "k"), key)
-    value = handler(site_name(layer, "v"), value)
+    rotation, layer = module.phasecode_head_rotation, module.layer_idx
     coder = fast and isinstance(handler, Coder)
+    if coder:  # one compiled call for the head rotation and the three neurons
+        neurons = tuple(handler.fused(site_name(layer, kind), query) for kind in ("q", "k", "v"))
+        traceable = None if rotation is None else rotation.traceable(query.device, query.dtype)
+        query, key, value = coded_heads(query, key, value, traceable, neurons, handler.compiled)
+    else:
+        if rotation is not None:  # per-head Hadamard after RoPE: (QH)(KH)ᵀ = QKᵀ
+            query, key = rotation(query), rotation(key)
+        query = handler(site_name(layer, "q"), query)
+        key = handler(site_name(layer, "k"), key)
+        value = handler(site_name(layer, "v"), value)
     neuron = handler.fused(site_name(layer, "probs"), query) if coder else None
     if neuron is not None:
         with torch.no_grad():
@@ -106,7 +116,7 @@ def spiking_mlp_forward(
     layer_module: nn.Module,
     handler: SiteHandler,
     layer: int,
-    down_rotation: Callable[[Tensor], Tensor] | None,
+    down_rotation: OnlineRotation | None,
     silu_scale: Tensor | None,
     x: Tensor,
 ) -> Tensor:
@@ -114,7 +124,17 @@ def spiking_mlp_forward(
 
     ``silu_scale`` (per channel) divides the SiLU output when the product is balanced (its
     inverse is folded into up_proj, see ``conversion/balance.py``); SiLU(·)/s is still an
-    element-wise function, run by accumulate-difference like SiLU itself."""
+    element-wise function, run by accumulate-difference like SiLU itself. A ``Coder`` (not in
+    float64, kept for exact checks) runs it as one call, ``coding.mlp.coded_mlp``."""
+    if isinstance(handler, Coder) and x.dtype != torch.float64:
+        parts = [
+            adapter.part(layer_module, name) for name in (adapter.gate, adapter.up, adapter.down)
+        ]
+        neurons = tuple(handler.fused(site_name(layer, kind), x) for kind in MLP_SITES)
+        weights = tuple(t for part in parts for t in (part.weight, part.bias))
+        activation = adapter.act_fn(layer_module)
+        rotation = None if down_rotation is None else down_rotation.traceable(x.device, x.dtype)
+        return coded_mlp(x, weights, activation, silu_scale, rotation, neurons, handler.compiled)
     x = handler(site_name(layer, "gate_up"), x)
     a = adapter.act_fn(layer_module)(adapter.part(layer_module, adapter.gate)(x))
     if silu_scale is not None:
@@ -134,7 +154,7 @@ class SpikingSurgery:
         self,
         model: nn.Module,
         handler: SiteHandler,
-        down_rotation: Callable[[Tensor], Tensor] | None = None,
+        down_rotation: OnlineRotation | None = None,
         lm_head: bool = True,
         silu_scales: Tensor | None = None,
         head_rotation: Callable[[Tensor], Tensor] | None = None,

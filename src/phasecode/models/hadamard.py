@@ -12,6 +12,8 @@ n×n matrix (14336² float64 would be 1.6 GB), so it also serves to fold H into 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -150,11 +152,28 @@ class OnlineRotation:
         """x·H along the last dim, on x's device and in x's dtype."""
         if x.shape[-1] != self.width:
             raise ValueError(f"rotation of width {self.width} got last dim {x.shape[-1]}")
-        (dense,) = self.factors(x.device, x.dtype)
-        block = dense.shape[0]
-        rows = x.reshape(-1, block)  # a copy only for a strided x (one column of a weight)
-        rows = rows @ dense if block > 1 else rows * dense[0, 0]
-        return _butterflies(rows.view(-1, self.width), self.width // block, block).view(x.shape)
+        return _rotate(x, *self.factors(x.device, x.dtype), _butterflies)
+
+    def traceable(self, device: torch.device, dtype: torch.dtype) -> Traceable:
+        """(``rotate_with``, its dense block): this rotation as a compiled region can call
+        it, out of place, with the same arithmetic as a call."""
+        return rotate_with, self.factors(device, dtype)[0]
+
+
+Traceable = tuple[Callable[[Tensor, Tensor], Tensor], Tensor]  # (rotate, its dense block)
+
+
+def rotate_with(x: Tensor, dense: Tensor) -> Tensor:
+    """``OnlineRotation`` of width x.shape[-1] from its dense block (``factors``), out of place:
+    the same arithmetic as the rotation's call, written for a compiled region."""
+    return _rotate(x, dense, _differentiable_butterflies)
+
+
+def _rotate(x: Tensor, dense: Tensor, butterflies: Callable[[Tensor, int, int], Tensor]) -> Tensor:
+    width, block = x.shape[-1], dense.shape[0]
+    rows = x.reshape(-1, block)  # a copy only for a strided x (one column of a weight)
+    rows = rows @ dense if block > 1 else rows * dense[0, 0]
+    return butterflies(rows.view(-1, width), width // block, block).view(x.shape)
 
 
 def _floor_power_of_two(n: int) -> int:
