@@ -69,6 +69,33 @@ def test_reservoir_inclusion_probability_is_k_over_n(monkeypatch, forced_fallbac
     assert counts.sum() == runs * k
 
 
+@pytest.mark.parametrize("forced_fallback", [False, True])
+def test_reservoir_skipping_zeros_samples_the_nonzero_elements_uniformly(
+    monkeypatch, forced_fallback
+):
+    """``skip_zeros`` (the attention probabilities): zeros never enter, and each non-zero
+    element is kept with probability k / (non-zero count), as if only those were pushed."""
+    if forced_fallback:
+        monkeypatch.setattr(Reservoir, "_threshold", lambda self, n, bound: min(bound, 0.5 / n))
+    sizes, k, runs = [9, 60, 3, 90], 5, 1500
+    stream = torch.arange(1.0, sum(sizes) + 1)
+    stream[::3] = 0  # a third of the stream is zeros
+    nonzero = int(stream.count_nonzero())
+    counts = torch.zeros(len(stream) + 1)
+    for seed in range(runs):
+        reservoir = Reservoir(k, "layers.0.probs", seed)
+        for chunk in stream.split(sizes):
+            reservoir.push(chunk, skip_zeros=True)
+        counts[reservoir.values().long()] += 1
+        assert reservoir.seen == nonzero
+    assert counts[0] == 0  # no zero was ever sampled
+    kept = counts[1:][stream != 0]
+    expected = runs * k / nonzero
+    sigma = (expected * (1 - k / nonzero)) ** 0.5
+    assert (kept - expected).abs().max() < 5 * sigma
+    assert counts.sum() == runs * k
+
+
 def test_reservoir_is_reproducible():
     a, _ = _stream_sample(500, [100, 50_000, 20_000], seed=3)
     b, _ = _stream_sample(500, [100, 50_000, 20_000], seed=3)

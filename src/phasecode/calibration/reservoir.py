@@ -39,35 +39,49 @@ class Reservoir:
         self._keys = torch.empty(0, dtype=torch.float64)  # float64: no ties in long streams
         self._values = torch.empty(0)
 
-    def push(self, values: torch.Tensor) -> None:
-        """Offer every element of `values` to the sample."""
+    def push(self, values: torch.Tensor, skip_zeros: bool = False) -> None:
+        """Offer every element of `values` to the sample; with `skip_zeros` only the non-zero
+        ones, without gathering them first (a full compaction costs more than the sampling):
+        candidates are drawn among all positions and the zeros among them dropped, which
+        leaves every non-zero element an independent key as if they alone had been pushed."""
         flat = values.detach().reshape(-1)
         if flat.numel() == 0:
             return
         if not bool(torch.isfinite(torch.stack(torch.aminmax(flat))).all()):  # NaN propagates
             raise PhasecodeError(f"site {self.site}: activations contain NaN or Inf")
-        positions, keys = self._candidates(flat.numel())
+        eligible = int(torch.count_nonzero(flat)) if skip_zeros else flat.numel()
+        if eligible == 0:
+            return
+        positions, keys = self._candidates(flat, eligible, skip_zeros)
         picked = flat[positions.to(flat.device)].to(device="cpu", dtype=torch.float32)
         self._merge(keys, picked)
-        self.seen += flat.numel()
+        self.seen += eligible
 
     def values(self) -> torch.Tensor:
         """The kept samples, 1-D float32 (in no particular order)."""
         return self._values.clone()
 
-    def _candidates(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions and keys of the new elements that may enter the sample (module docstring)."""
+    def _candidates(
+        self, flat: torch.Tensor, eligible: int, skip_zeros: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions and keys of the new elements that may enter the sample (module docstring);
+        `eligible` of the flat tensor's elements take part (all, or the non-zero ones)."""
+        n = flat.numel()
         bound = float(self._keys.max()) if self._keys.numel() == self.k else 1.0
-        t = self._threshold(n, bound)
+        t = self._threshold(eligible, bound)
         count, prob = torch.tensor([float(n), t], dtype=torch.float64)
         m = int(torch.binomial(count, prob, generator=self._generator))
         positions = self._distinct(n, m)
         keys = t * torch.rand(m, generator=self._generator, dtype=torch.float64)
-        if t == bound or int((self._keys < t).sum()) + m >= self.k:
+        if skip_zeros:
+            nonzero = (flat[positions.to(flat.device)] != 0).cpu()
+            positions, keys = positions[nonzero], keys[nonzero]
+        if t == bound or int((self._keys < t).sum()) + len(keys) >= self.k:
             return positions, keys
         all_keys = t + (1 - t) * torch.rand(n, generator=self._generator, dtype=torch.float64)
         all_keys[positions] = keys
-        return torch.arange(n), all_keys
+        every = (flat != 0).nonzero()[:, 0].cpu() if skip_zeros else torch.arange(n)
+        return every, all_keys[every]
 
     def _threshold(self, n: int, bound: float) -> float:
         """Key threshold for n new elements: expect about k + 6 sqrt(k) below it, never > bound."""

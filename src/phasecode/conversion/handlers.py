@@ -46,7 +46,7 @@ class Observer:
         if reservoir is not None:
             values = x.detach()
             kind = site_kind(site)
-            reservoir.push(values[values != 0] if kind == "probs" else values)
+            reservoir.push(values, skip_zeros=kind == "probs")
             if kind == "down":  # the outlier picture after rotation and prefix
                 peak = values.abs().amax(-1).reshape(-1, values.shape[-2]).amax(0).float().cpu()
                 old = self.down_peaks.get(site)

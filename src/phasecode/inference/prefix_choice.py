@@ -167,15 +167,12 @@ def measure_prefix(
     tracker = PeakTracker()
     names = [adapter.layer_path(i, adapter.down) for i in range(adapter.num_layers(model))]
     device = next(model.parameters()).device
-    nll, peaks = 0.0, []
+    windows = windows.to(device)
+    cache = prefix.cache_for(len(windows)) if prefix is not None else None
     with hooks(model, {name: tracker.hook(i) for i, name in enumerate(names)}):
-        for window in windows.split(1):
-            window = window.to(device)
-            cache = prefix.cache_for(1) if prefix is not None else None
-            logits = model(input_ids=window, cache=cache, use_cache=cache is not None).logits
-            nll += summed_nll(logits[:, :-1], window[:, 1:]).sum().item()
-            peaks.append(tracker.stacked())
-    return nll / (windows.numel() - len(windows)), torch.cat(peaks, 1)
+        logits = model(input_ids=windows, cache=cache, use_cache=cache is not None).logits
+    nll = summed_nll(logits[:, :-1], windows[:, 1:]).sum().item()
+    return nll / (windows.numel() - len(windows)), tracker.stacked()
 
 
 def prefix_candidates(
