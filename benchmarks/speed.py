@@ -279,6 +279,11 @@ PROFILE = """## Where the time went (torch.profiler, 4 windows × 512, one threa
 - Compile: ~18 s in the first SNN batch, paid again in every process and on new shapes; the
   inductor cache now lives in $PHASECODE_CACHE/torch-compile, and the attention kernel marks
   only batch, rows and keys dynamic (tracing it warm took 22 s with every dim symbolic, 5 s so).
+  The fused MLP and Q/K/V calls (see lm-eval below) trace 9 copies of the neuron's T-step loop
+  instead of 2: a warm start traces for ~4.5 s (torch's compile_times: bytecode tracing 4.6 s,
+  of it 2.8 s fake-tensor propagation; loading the cached kernels 1.5 s), up from the 5.1 s
+  first-call overhead measured before them to the figure below. Marking the neuron a
+  `nested_compile_region` or unbinding its per-step parameters did not shorten the trace.
 """
 
 
@@ -318,7 +323,8 @@ def render(results: dict) -> str:
             "",
             f"Wall time {run['wall_s']:.0f} s (convert + evaluate 8 windows); evaluation SNN / "
             f"ANN time {run['eval_ratio']:.2f}× ({run['eval_seconds']['snn']:.1f} s / "
-            f"{run['eval_seconds']['ann']:.1f} s).",
+            f"{run['eval_seconds']['ann']:.1f} s; the SNN's includes its first batch's tracing and "
+            "loading of the cached kernels, since `phasecode run` is one process).",
         ]
     if "generate" in results:
         gen = results["generate"]
