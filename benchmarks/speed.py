@@ -142,13 +142,14 @@ def _compile_seconds() -> float:
 
 
 def generate_worker(artifact: Path, new_tokens: int) -> dict:
-    from phasecode.jobs.generate import encode_prompt, greedy_ann, greedy_fast
+    from phasecode.jobs.generate import encode_prompt, greedy_ann, greedy_fast, greedy_spiking
 
     ann, spiking = _load(artifact)
     runs = {
         "ann": lambda ids: greedy_ann(ann, ids, new_tokens, spiking.tokenizer.eos_token_id),
         "ann_prepared": lambda ids: greedy_fast(spiking, ids, new_tokens, analog=True),
         "fast_path": lambda ids: greedy_fast(spiking, ids, new_tokens),
+        "simulator": lambda ids: greedy_spiking(spiking, ids, new_tokens),
     }
     warm_up = encode_prompt(spiking, WARM_UP_PROMPT, new_tokens)
     ids = encode_prompt(spiking, PROMPT, new_tokens)
@@ -340,7 +341,10 @@ def render(results: dict) -> str:
             ("ann", "ANN"),
             ("ann_prepared", "prepared ANN"),
             ("fast_path", "SNN fast path"),
+            ("simulator", "spike-level simulator (float32)"),
         ):
+            if name not in gen:
+                continue
             row = gen[name]
             lines.append(f"| {label} | {row['tokens_per_s']:.2f} | {row['graphs_compiled']} |")
         lines += ["", f"Fast path / ANN tokens/s: **{gen['fast_over_ann']:.2f}**."]
