@@ -241,7 +241,13 @@ def run_section() -> dict:
         )
         wall = time.perf_counter() - start
         seconds = json.loads(report.read_text())["seconds"]
-    return {"wall_s": wall, "eval_seconds": seconds, "eval_ratio": seconds["snn"] / seconds["ann"]}
+        artifact = json.loads((Path(out) / "model" / "neurons.json").read_text())
+    return {
+        "wall_s": wall,
+        "conversion_seconds": artifact["report"]["seconds"],
+        "eval_seconds": seconds,
+        "eval_ratio": seconds["snn"] / seconds["ann"],
+    }
 
 
 def section(name: str, artifact: Path, args: argparse.Namespace) -> dict:
@@ -322,7 +328,15 @@ def render(results: dict) -> str:
             "",
             "## `make run`",
             "",
-            f"Wall time {run['wall_s']:.0f} s (convert + evaluate 8 windows); evaluation SNN / "
+            f"Wall time {run['wall_s']:.0f} s (convert + evaluate 8 windows)"
+            + (
+                ", of which calibration {calibration:.1f} s and training {training:.1f} s".format(
+                    **run["conversion_seconds"]
+                )
+                if "conversion_seconds" in run
+                else ""
+            )
+            + "; evaluation SNN / "
             f"ANN time {run['eval_ratio']:.2f}× ({run['eval_seconds']['snn']:.1f} s / "
             f"{run['eval_seconds']['ann']:.1f} s; the SNN's includes its first batch's tracing and "
             "loading of the cached kernels, since `phasecode run` is one process).",
