@@ -46,6 +46,8 @@ class FitSettings:
     # κ of a κ·(mean error)² term for the attention-probability sites (training/objective.py);
     # 0: plain objective
     probs_bias: float = 0.0
+    # choose κ ∈ {0, PROBS_BIAS} by the coded model's calibration loss (--probs-bias auto)
+    probs_bias_auto: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,7 +63,9 @@ class FitSettings:
             )
         if not (math.isfinite(self.probs_bias) and self.probs_bias >= 0):
             raise PhasecodeError(f"--probs-bias must be a number >= 0, got {self.probs_bias}")
-        if self.probs_bias and self.method != "mgpc":
+        if self.probs_bias_auto and self.probs_bias:
+            raise PhasecodeError("--probs-bias is either auto or a number, not both")
+        if (self.probs_bias or self.probs_bias_auto) and self.method != "mgpc":
             raise PhasecodeError("--probs-bias trains its neurons: it needs --method mgpc")
         if self.objective != "mse" and self.method != "mgpc":
             raise PhasecodeError(

@@ -76,6 +76,8 @@ CASES = [
     (_convert("--objective", "fisher", "--method", "rate", "--out", "{root}/new"), ["mgpc"]),
     (_convert("--probs-bias", "-1", "--out", "{root}/new"), ["--probs-bias"]),
     (["neurons", "--model", "{root}/model", "--objective", "fisher"], ["phasecode convert"]),
+    (["neurons", "--model", "{root}/model", "--probs-bias", "auto"], ["phasecode convert"]),
+    (_convert("--probs-bias", "auto", "--method", "las", "--out", "{root}/new"), ["mgpc"]),
     # pareto
     (["pareto", "--budgets", "0.8,x", "--out", "{root}/new"], ["--budgets"]),
     (["pareto", "--budgets", "0", "--out", "{root}/new"], ["energy budget"]),

@@ -4,16 +4,19 @@ probabilities, and their conversion options."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import tiny_calibrated
 
 from phasecode.coding.neuron import value
+from phasecode.conversion import convert
 from phasecode.conversion.convert import fit_spiking
 from phasecode.conversion.sensitivity import GradientProbe, Sensitivity, bin_edges
 from phasecode.errors import PhasecodeError
 from phasecode.models.sites import site_kind
-from phasecode.settings import FitSettings
+from phasecode.settings import PROBS_BIAS, FitSettings
 from phasecode.training.alternating import TrainConfig, init_neurons, site_scale, train_neurons
 from phasecode.training.neurons import quadratic_loss, spike_statistics
 from phasecode.training.objective import site_error, squared_error
@@ -164,6 +167,54 @@ def test_probs_bias_conversion_trains_only_the_probability_sites(calibrated):
     for i, site in enumerate(calibrated.sites):
         same = torch.equal(spiking.table.select(i).threshold, plain.table.select(i).threshold)
         assert same == (site_kind(site) != "probs"), site
+
+
+def _probs_rows_equal(a, b, sites) -> bool:
+    rows = [i for i, site in enumerate(sites) if site_kind(site) == "probs"]
+    return all(torch.equal(a.table.select(i).threshold, b.table.select(i).threshold) for i in rows)
+
+
+def test_probs_bias_auto_keeps_the_kappa_of_lower_calibration_loss(calibrated):
+    """auto trains both κ and keeps the table of the one whose coded model scores the lower
+    NLL on calibration windows; the report says which, and why."""
+    auto = fit_spiking(calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias_auto=True), False)
+    choice = auto.report["probs_bias_choice"]
+    losses = {float(k): v for k, v in choice["loss"].items()}
+    assert set(losses) == {0.0, PROBS_BIAS}
+    assert choice["chosen"] == min(losses, key=losses.get) == auto.report["probs_bias"]
+    fixed = fit_spiking(
+        calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias=choice["chosen"]), False
+    )
+    other = fit_spiking(
+        calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias=PROBS_BIAS - choice["chosen"]), False
+    )
+    assert _probs_rows_equal(auto, fixed, calibrated.sites)
+    assert not _probs_rows_equal(auto, other, calibrated.sites)
+
+
+@pytest.mark.parametrize("favoured", [0.0, PROBS_BIAS])
+def test_probs_bias_auto_follows_the_measured_loss(calibrated, monkeypatch, favoured):
+    """Whichever κ measures lower is the one kept (the measurement made to favour each)."""
+    measured = []
+    real = convert.perplexity
+
+    def rigged(*args, **kwargs):
+        scored = real(*args, **kwargs)
+        kappa = (0.0, PROBS_BIAS)[len(measured)]
+        measured.append(kappa)
+        return replace(scored, nll=scored.nll * (0.5 if kappa == favoured else 2.0))
+
+    monkeypatch.setattr(convert, "perplexity", rigged)
+    auto = fit_spiking(calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias_auto=True), False)
+    assert measured == [0.0, PROBS_BIAS]
+    assert auto.report["probs_bias"] == favoured
+
+
+def test_probs_bias_is_auto_or_a_number():
+    with pytest.raises(PhasecodeError, match="either auto or a number"):
+        FitSettings(probs_bias=8.0, probs_bias_auto=True)
+    with pytest.raises(PhasecodeError, match="mgpc"):
+        FitSettings("las", 4, 1, probs_bias_auto=True)
 
 
 @pytest.mark.parametrize("kappa", [-1.0, float("nan")])

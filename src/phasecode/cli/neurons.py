@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
             f"--objective {fit.objective} weighs errors by the model's loss, which `neurons` "
             "does not run; use `phasecode convert`"
         )
+    if fit.probs_bias_auto:
+        raise PhasecodeError(
+            "--probs-bias auto measures the coded model's loss, which `neurons` does not run; "
+            "give a number or use `phasecode convert`"
+        )
     sampling = options.sampling_settings(args, prefix=not args.no_prefix)
     where = options.placement(args)
     options.check_model(args, where)

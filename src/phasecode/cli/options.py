@@ -16,7 +16,14 @@ from phasecode.models.devices import DTYPES, resolve_device, resolve_dtype
 from phasecode.models.loading import DEFAULT_MODEL
 from phasecode.models.placement import Placement
 from phasecode.models.quantize import WEIGHT_BITS
-from phasecode.settings import CODES, METHODS, OBJECTIVES, FitSettings, SamplingSettings
+from phasecode.settings import (
+    CODES,
+    METHODS,
+    OBJECTIVES,
+    PROBS_BIAS,
+    FitSettings,
+    SamplingSettings,
+)
 from phasecode.training.alternating import MODES, TrainConfig
 
 MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
@@ -102,12 +109,13 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--probs-bias",
-        type=float,
+        type=_kappa,
         default=0.0,
-        metavar="KAPPA",
+        metavar="KAPPA|auto",
         help="mgpc training: add KAPPA·(mean error)² at the attention-probability sites, so "
-        "the coded probabilities keep their mass (0: off; 64 helps SmolLM2 at T <= 8 but "
-        "not Qwen2: measure on your model)",
+        f"the coded probabilities keep their mass (0: off; {PROBS_BIAS:g} helps SmolLM2 at "
+        "T <= 8 but not Qwen2; auto: train both and keep the one whose coded model has the "
+        "lower loss on calibration windows)",
     )
     _choice(
         parser,
@@ -131,6 +139,16 @@ def _choice(parser: argparse.ArgumentParser, flag: str, choices: tuple, help: st
     )
 
 
+def _kappa(text: str) -> float | str:
+    """--probs-bias: "auto" or a number (checked by FitSettings)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def fit_settings(args: argparse.Namespace) -> FitSettings:
     if not (math.isfinite(args.lr_threshold) and args.lr_threshold > 0) or args.rounds < 1:
         raise PhasecodeError("--lr-threshold must be a finite number > 0 and --rounds >= 1")
@@ -142,7 +160,8 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
         train,
         args.code,
         args.objective,
-        args.probs_bias,
+        0.0 if args.probs_bias == "auto" else args.probs_bias,
+        args.probs_bias == "auto",
     )
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from phasecode.calibration.histograms import site_histograms
 from phasecode.calibration.sampling import split_samples
 from phasecode.calibration.text import read_texts, token_batches
-from phasecode.coding.table import CodeTable
+from phasecode.coding.table import CodeTable, concat_tables
 from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
 from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
 from phasecode.conversion.sensitivity import SENSITIVITY_WINDOWS, Sensitivity, site_sensitivity
@@ -44,12 +44,13 @@ from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
 from phasecode.models.rotation import fold_value_rotation, head_rotation, rotate_model
 from phasecode.models.sites import site_kind, spiking_sites
-from phasecode.settings import FitSettings, SamplingSettings
-from phasecode.training.fit import fit_codes, score_sites
+from phasecode.settings import PROBS_BIAS, FitSettings, SamplingSettings
+from phasecode.training.fit import FitResult, fit_codes, score_sites
 
 # windows per calibration forward: each site's reservoir costs ~2 ms per push whatever its
 # size, so fewer, larger pushes (16 windows: ~7 s less on SmolLM2's 301 sites)
 CALIBRATION_BATCH = 4
+PROBS_BIAS_WINDOWS = 4  # calibration windows --probs-bias auto scores each κ on
 BALANCE_WINDOWS = 4  # calibration windows used to measure the per-channel operand ranges
 PROFILE_POSITIONS = 64  # positions kept in the outlier picture
 
@@ -297,6 +298,60 @@ def probs_bias(sites: list[str], fit: FitSettings) -> Tensor | None:
     return torch.tensor(probs, dtype=torch.float64) * fit.probs_bias
 
 
+def choose_probs_bias(
+    c: Calibrated,
+    fit: FitSettings,
+    plain: FitResult,
+    train: Tensor,
+    steps: Tensor | None,
+    spike_costs: Tensor | None,
+    weight: Tensor | None,
+) -> tuple[FitResult, dict]:
+    """--probs-bias auto: the probability sites trained again with κ = ``PROBS_BIAS``, and the
+    κ (0 or that) whose coded model has the lower mean NLL on ``PROBS_BIAS_WINDOWS``
+    calibration windows is kept. κ helps one model and hurts another (docs/method.md), so it
+    is measured on each, as the prefix is. Sites train independently, so the other rows and
+    the probability rows of κ = 0 are those of ``plain``."""
+    probs = [i for i, site in enumerate(c.sites) if site_kind(site) == "probs"]
+    if not probs:
+        return plain, {"chosen": 0.0, "reason": "no attention-probability sites"}
+    index = torch.tensor(probs, device=train.device)
+    rest = torch.tensor(
+        [i for i in range(len(c.sites)) if i not in set(probs)], device=index.device
+    )
+
+    def rows(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[index.to(t.device)]
+
+    kappa = torch.full((len(probs),), PROBS_BIAS, dtype=torch.float64, device=train.device)
+    biased = fit_codes(
+        train[index], fit, False, rows(steps), rows(spike_costs), rows(weight), kappa
+    )
+    order = torch.cat([rest, index]).argsort()
+    table = concat_tables([plain.table.select(rest), biased.table]).select(order)
+    curve = None
+    if plain.loss_curve is not None:
+        curve = torch.cat([plain.loss_curve[rest], biased.loss_curve])[order]
+    candidates = {
+        0.0: plain,
+        PROBS_BIAS: FitResult(table, curve, plain.seconds + biased.seconds, plain.loss_phases),
+    }
+    windows = c.windows[:PROBS_BIAS_WINDOWS]
+    losses = {}
+    for value, candidate in candidates.items():
+        coder = Coder(candidate.table, c.sites)
+        with c.prepared.surgery(c.model, coder, c.spec.lm_head):
+            scored = perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False)
+        losses[value] = scored.nll.sum().item() / scored.tokens.sum().item()
+    chosen = min(losses, key=losses.get)
+    choice = {
+        "chosen": chosen,
+        "reason": f"lower mean NLL of the coded model on {len(windows)} calibration windows",
+        "loss": {f"{value:g}": loss for value, loss in losses.items()},
+    }
+    return candidates[chosen], choice
+
+
 def fit_spiking(
     calibrated: Calibrated,
     fit: FitSettings,
@@ -320,6 +375,9 @@ def fit_spiking(
     bias = probs_bias(c.sites, fit)
     bias = None if bias is None else bias.to(train)
     result = fit_codes(train, fit, progress, steps, spike_costs, weight, bias)
+    bias_choice = None
+    if fit.probs_bias_auto:
+        result, bias_choice = choose_probs_bias(c, fit, result, train, steps, spike_costs, weight)
     scores = score_sites(result.table, train, heldout, heldout_weight)
     table = result.table.to(device="cpu")
     curve = result.loss_curve.cpu() if result.loss_curve is not None else None
@@ -333,7 +391,8 @@ def fit_spiking(
         "seconds": {"calibration": c.seconds, "training": result.seconds},
         "spec": asdict(spec),
         "objective": fit.objective,
-        "probs_bias": fit.probs_bias,
+        "probs_bias": fit.probs_bias if bias_choice is None else bias_choice["chosen"],
+        "probs_bias_choice": bias_choice,
         "prefix_choice": c.prefix_choice,
         "outliers_profile": c.outliers_profile,
         "prefix_seconds": prefix.seconds if prefix is not None else 0.0,

@@ -156,6 +156,10 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
     objective = report.get("objective", "mse")
     if report.get("probs_bias"):
         objective += f", κ = {report['probs_bias']:g} on the probabilities' mean error"
+    choice = report.get("probs_bias_choice")
+    if choice and "loss" in choice:
+        losses = ", ".join(f"κ = {k}: {v:.4f}" for k, v in choice["loss"].items())
+        objective += f" (κ chosen by --probs-bias auto, calibration NLL {losses})"
     rows.append(("training objective", objective))
     budget = report.get("energy_budget")
     if budget is not None:
