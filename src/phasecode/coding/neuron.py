@@ -188,22 +188,21 @@ def fast_site_value(
 def fused_site_value(x: Tensor, arguments: tuple, compiled: bool = True) -> Tensor:
     """``fast_site_value`` with the neuron's ``fused_arguments`` prepared once by the caller
     (the fast path's hot loop: no table conversion or device sync per call)."""
-    fn = _fused_site_value
+    kernel = _fused_site_value
     if compiled and compile_cache.enabled():
-        fn = _COMPILED.setdefault("value", compile_cache.compiled(_fused_site_value))
-    dtype = firing_dtype(x.dtype)
+        kernel = _COMPILED.setdefault("value", compile_cache.compiled(_fused_site_value))
     # detached: a flat view of a 3-d or 4-d tensor would make the compiled kernel guard on (and
     # recompile for) the layout of the tensor it views
-    flat = fn(x.reshape(-1).to(dtype).detach(), *arguments)
-    return flat.reshape(x.shape).to(x.dtype)
+    return code_inside(x.detach(), arguments, kernel)
 
 
-def code_inside(x: Tensor, neuron: tuple | None) -> Tensor:
-    """SN(x) for a kernel that fuses the neuron with other work (a compiled region): x in the
-    neuron's firing dtype and back, ``neuron`` as ``fused_arguments`` (None: x passes)."""
+def code_inside(x: Tensor, neuron: tuple | None, kernel=_fused_site_value) -> Tensor:
+    """SN(x) by ``kernel`` on x's flat view in the neuron's firing dtype, back in x's shape and
+    dtype; also for kernels that fuse the neuron with other work (a compiled region, which
+    traces ``_fused_site_value`` itself). ``neuron`` as ``fused_arguments``; None: x passes."""
     if neuron is None:
         return x
-    return _fused_site_value(x.reshape(-1).to(neuron[0].dtype), *neuron).view(x.shape).to(x.dtype)
+    return kernel(x.reshape(-1).to(neuron[0].dtype), *neuron).view(x.shape).to(x.dtype)
 
 
 def fused_arguments(table: CodeTable, mask_strength: int, like: Tensor) -> tuple:

@@ -312,18 +312,16 @@ def choose_probs_bias(
     calibration windows is kept. κ helps one model and hurts another (docs/method.md), so it
     is measured on each, as the prefix is. Sites train independently, so the other rows and
     the probability rows of κ = 0 are those of ``plain``."""
-    probs = [i for i, site in enumerate(c.sites) if site_kind(site) == "probs"]
-    if not probs:
+    kinds = [site_kind(site) == "probs" for site in c.sites]
+    if not any(kinds):
         return plain, {"chosen": 0.0, "reason": "no attention-probability sites"}
-    index = torch.tensor(probs, device=train.device)
-    rest = torch.tensor(
-        [i for i in range(len(c.sites)) if i not in set(probs)], device=index.device
-    )
+    index = torch.tensor([i for i, probs in enumerate(kinds) if probs], device=train.device)
+    rest = torch.tensor([i for i, probs in enumerate(kinds) if not probs], device=train.device)
 
     def rows(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[index.to(t.device)]
 
-    kappa = torch.full((len(probs),), PROBS_BIAS, dtype=torch.float64, device=train.device)
+    kappa = torch.full((len(index),), PROBS_BIAS, dtype=train.dtype, device=train.device)
     biased = fit_codes(
         train[index], fit, False, rows(steps), rows(spike_costs), rows(weight), kappa
     )
@@ -342,7 +340,7 @@ def choose_probs_bias(
         coder = Coder(candidate.table, c.sites)
         with c.prepared.surgery(c.model, coder, c.spec.lm_head):
             scored = perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False)
-        losses[value] = scored.nll.sum().item() / scored.tokens.sum().item()
+        losses[value] = scored.mean_nll
     chosen = min(losses, key=losses.get)
     choice = {
         "chosen": chosen,

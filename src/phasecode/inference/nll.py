@@ -39,9 +39,14 @@ class WindowNLL:
     seconds: float
 
     @property
+    def mean_nll(self) -> float:
+        """The mean NLL over all predicted tokens."""
+        return self.nll.sum().item() / self.tokens.sum().item()
+
+    @property
     def ppl(self) -> float:
         """exp of the mean NLL over all predicted tokens (not the mean of window perplexities)."""
-        return math.exp(self.nll.sum().item() / self.tokens.sum().item())
+        return math.exp(self.mean_nll)
 
 
 def perplexity(
