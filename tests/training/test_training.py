@@ -12,7 +12,7 @@ from phasecode.coding.allocation import candidate_allocations
 from phasecode.coding.neuron import fire_steps, value
 from phasecode.coding.table import UNLIMITED, CodeTable, phase_weights
 from phasecode.errors import PhasecodeError
-from phasecode.training.alternating import TrainConfig, train_neurons
+from phasecode.training.alternating import TrainConfig, _Loss, init_neurons, train_neurons
 from phasecode.training.neurons import (
     MIN_BASE,
     PhaseNeurons,
@@ -242,7 +242,7 @@ def test_phase_neurons_start_from_rounding_las(coupled):
 
 HEAVY_SCALES = [1.0, 0.01, 30.0, 0.5]
 HEAVY_ALLOC = [(6,), (3, 3), (2, 2, 2), (4, 2)]
-HEAVY_CONFIG = TrainConfig(rounds=20)
+HEAVY_CONFIG = TrainConfig(rounds=20, batch_samples=None)  # every θ/h step sees all samples
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +270,37 @@ def test_train_loss_curve_and_best_snapshot(heavy):
     # The returned table is the best one seen, in the samples' own units.
     scale = train.abs().amax(1)
     torch.testing.assert_close(_mse(train, result.table) / scale**2, best, rtol=1e-8, atol=0)
+
+
+def test_batches_cycle_through_every_sample_in_equal_slices():
+    torch.manual_seed(0)
+    magnitude = torch.rand(3, 1000)
+    weight = torch.rand(3, 1000)
+    loss = _Loss(magnitude, None, weight)
+    batches = loss.batches(300)  # round(1000 / 300) = 3 slices of 334, 333, 333
+    first = [next(batches) for _ in range(3)]
+    assert [b.magnitude.shape[1] for b in first] == [334, 333, 333]
+    torch.testing.assert_close(torch.cat([b.magnitude for b in first], 1), magnitude)
+    torch.testing.assert_close(torch.cat([b.weight for b in first], 1), weight)
+    assert next(batches).magnitude.equal(first[0].magnitude)  # and again
+    whole = loss.batches(None)
+    assert next(whole) is loss and next(whole) is loss
+    assert next(loss.batches(5000)) is loss
+
+
+def test_training_on_slices_keeps_the_best_on_every_sample(heavy):
+    """θ/h steps on slices: the kept table is the best full-sample loss seen, which the B
+    steps and the start offer, so it is never worse than the start."""
+    train, _, _ = heavy
+    config = TrainConfig(rounds=6, batch_samples=1000)
+    result = train_neurons(train, HEAVY_ALLOC, config)
+    scale = train.abs().amax(1)
+    start = init_neurons((train / scale[:, None]).abs(), HEAVY_ALLOC, False).frozen_table()
+    start_mse = _mse(train, start.scaled(scale)) / scale**2
+    base = torch.tensor([phase == "base" for phase in result.phases])
+    kept = torch.minimum(result.loss_curve[:, base].min(1).values, start_mse)
+    torch.testing.assert_close(_mse(train, result.table) / scale**2, kept, rtol=1e-8, atol=0)
+    assert (kept < start_mse).all()
 
 
 def test_train_starts_from_rounding_las_and_never_ends_worse(heavy):

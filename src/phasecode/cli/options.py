@@ -92,6 +92,13 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
         help="η1 of Alg. 1 (steps on θ, h, relative to their start values)",
     )
     parser.add_argument("--rounds", type=int, default=TrainConfig.rounds, help="N of Alg. 1")
+    parser.add_argument(
+        "--batch-samples",
+        type=_samples,
+        default=TrainConfig.batch_samples,
+        metavar="N|all",
+        help="samples per site in each θ/h step of Alg. 1, in turn (all: every sample)",
+    )
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
     _choice(
         parser,
@@ -149,10 +156,25 @@ def _kappa(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
+def _samples(text: str) -> int | None:
+    """--batch-samples: "all" (None) or a count (checked by TrainConfig)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or all, got {text!r}") from None
+
+
 def fit_settings(args: argparse.Namespace) -> FitSettings:
     if not (math.isfinite(args.lr_threshold) and args.lr_threshold > 0) or args.rounds < 1:
         raise PhasecodeError("--lr-threshold must be a finite number > 0 and --rounds >= 1")
-    train = TrainConfig(lr_threshold=args.lr_threshold, rounds=args.rounds, mode=args.mode)
+    train = TrainConfig(
+        lr_threshold=args.lr_threshold,
+        rounds=args.rounds,
+        mode=args.mode,
+        batch_samples=args.batch_samples,
+    )
     return FitSettings(
         args.method,
         args.timesteps,

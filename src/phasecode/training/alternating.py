@@ -5,6 +5,10 @@ parameters see only their own gradient, and Adam's per-parameter normalisation m
 equivalent to training each site alone. Modes: ``alternating`` (Alg. 1), ``joint`` (all
 parameters in one step, Table 6) and ``coupled`` (h = θ, Table 7).
 
+The θ/h steps of the alternating modes see a slice of each site's samples in turn
+(``batch_samples``): their gradient is a mean over samples, so a quarter of them steers as well
+at a quarter of the cost, while the B steps' exact quadratic and the kept-best choice use all.
+
 Energy-aware training adds λ_s · E[spikes per neuron] to site s's loss (the count is the
 surrogate's, so θ and h see its gradient); λ_s is what one spike of that site costs in units of
 its squared error (``training.budget``). The B steps do not move spikes, so they keep the MSE.
@@ -12,6 +16,8 @@ its squared error (``training.budget``). The B steps do not move spikes, so they
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -35,18 +41,27 @@ MODES = ("alternating", "joint", "coupled")
 class TrainConfig:
     """Hyper-parameters of Alg. 1 (N, N1, N2, η1, η2) and Alg. 2 (N_α, η_α)."""
 
-    rounds: int = 20  # N
+    rounds: int = 40  # N
     threshold_steps: int = 4  # N1, steps on {h, θ}
     base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
-    lr_threshold: float = 0.003  # η1, relative to each step's start value
+    lr_threshold: float = 0.03  # η1, relative to each step's start value
     lr_base: float = 0.03  # η2
     sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
     mode: str = "alternating"
     search_steps: int = 40  # N_α
     lr_alpha: float = 0.1  # η_α
     search_samples: int = 512  # samples per site used during the allocation search
+    # samples per site in each θ/h step of alternating/coupled training (consecutive slices in
+    # turn; reservoir samples are in random order); None: all. B steps and the kept-best
+    # choice always see every sample. 2500 of 10k: 4× cheaper steps at the same conversion
+    # error (docs/method.md#training-eq-10-alg-1)
+    batch_samples: int | None = 2500
 
     def __post_init__(self) -> None:
+        if self.batch_samples is not None and self.batch_samples < 1:
+            raise PhasecodeError(
+                f"--batch-samples must be a count >= 1 or all, got {self.batch_samples}"
+            )
         if self.mode not in MODES:
             raise PhasecodeError(f"unknown training mode {self.mode!r}; choose from {MODES}")
 
@@ -117,6 +132,25 @@ class _Loss:
     def error(self, values: Tensor) -> Tensor:
         return site_error(values, self.magnitude, self.weight, self.bias)
 
+    def batches(self, size: int | None) -> Iterator[_Loss]:
+        """This loss on N/size equal slices of the samples in turn (every sample once per
+        cycle), forever; itself if ``size`` is None or covers all samples."""
+        parts = 1 if size is None else max(1, round(self.magnitude.shape[1] / size))
+        if parts == 1:
+            yield from itertools.repeat(self)
+            return
+        columns = torch.arange(self.magnitude.shape[1], device=self.magnitude.device)
+        slices = [
+            _Loss(
+                self.magnitude[:, part],
+                self.penalty,
+                None if self.weight is None else self.weight[:, part],
+                self.bias,
+            )
+            for part in columns.tensor_split(parts)
+        ]
+        yield from itertools.cycle(slices)
+
 
 def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: _Loss):
     """Run Alg. 1 (or its joint variant), keeping each site's best parameters seen."""
@@ -138,9 +172,12 @@ def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: 
         return curve, phases
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
+    batches = loss.batches(config.batch_samples)
+    if config.batch_samples is not None:
+        _offer_start(neurons, loss, config, best)  # θ/h steps on slices offer nothing
     for _ in tqdm(range(config.rounds), desc="training", unit="round", disable=not progress):
         for _ in range(config.threshold_steps):
-            curve.append(_surrogate_step(neurons, loss, opt_spike, config, best))
+            curve.append(_surrogate_step(neurons, next(batches), opt_spike, config, best, loss))
             phases.append("threshold")
         stats = spike_statistics(loss.magnitude, neurons.frozen_table(), loss.weight, loss.bias)
         for _ in range(config.base_steps):
@@ -150,8 +187,19 @@ def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: 
     return curve, phases
 
 
-def _surrogate_step(neurons, loss: _Loss, opt, config, best) -> Tensor:
-    """One step on {θ, h}; the loss curve records the error, the best snapshot the objective."""
+def _offer_start(neurons, loss: _Loss, config: TrainConfig, best) -> None:
+    """Offer the starting parameters on every sample, so that training on slices never ends
+    worse than its start (the B steps offer every later state)."""
+    with torch.no_grad():
+        values, count = neurons.surrogate_values(loss.magnitude, config.sharpness)
+        best.spikes = count.mean(1)
+        penalty = 0.0 if loss.penalty is None else loss.penalty * best.spikes
+        best.offer(loss.error(values) + penalty)
+
+
+def _surrogate_step(neurons, loss: _Loss, opt, config, best, whole: _Loss | None = None) -> Tensor:
+    """One step on {θ, h}; the loss curve records the error, the best snapshot the objective
+    (only when ``loss`` is the ``whole`` loss: a slice's error is not comparable)."""
     opt.zero_grad(set_to_none=True)
     values, count = neurons.surrogate_values(loss.magnitude, config.sharpness)
     error = loss.error(values)
@@ -159,7 +207,8 @@ def _surrogate_step(neurons, loss: _Loss, opt, config, best) -> Tensor:
     if loss.penalty is not None:
         best.spikes = count.detach().mean(1)
         objective = error + loss.penalty * count.mean(1)
-    best.offer(objective.detach())
+    if whole is None or loss is whole:
+        best.offer(objective.detach())
     objective.sum().backward()
     opt.step()
     neurons.clamp_()
