@@ -272,20 +272,18 @@ def test_train_loss_curve_and_best_snapshot(heavy):
     torch.testing.assert_close(_mse(train, result.table) / scale**2, best, rtol=1e-8, atol=0)
 
 
-def test_batches_cycle_through_every_sample_in_equal_slices():
+def test_slices_hold_every_sample_once_in_equal_parts():
     torch.manual_seed(0)
     magnitude = torch.rand(3, 1000)
     weight = torch.rand(3, 1000)
     loss = _Loss(magnitude, None, weight)
-    batches = loss.batches(300)  # round(1000 / 300) = 3 slices of 334, 333, 333
-    first = [next(batches) for _ in range(3)]
-    assert [b.magnitude.shape[1] for b in first] == [334, 333, 333]
-    torch.testing.assert_close(torch.cat([b.magnitude for b in first], 1), magnitude)
-    torch.testing.assert_close(torch.cat([b.weight for b in first], 1), weight)
-    assert next(batches).magnitude.equal(first[0].magnitude)  # and again
-    whole = loss.batches(None)
-    assert next(whole) is loss and next(whole) is loss
-    assert next(loss.batches(5000)) is loss
+    slices = loss.slices(300)  # round(1000 / 300) = 3 slices of 334, 333, 333
+    assert [b.magnitude.shape[1] for b in slices] == [334, 333, 333]
+    torch.testing.assert_close(torch.cat([b.magnitude for b in slices], 1), magnitude)
+    torch.testing.assert_close(torch.cat([b.weight for b in slices], 1), weight)
+    for size in (None, 1000, 5000):
+        whole = loss.slices(size)
+        assert len(whole) == 1 and whole[0] is loss
 
 
 def test_training_on_slices_keeps_the_best_on_every_sample(heavy):

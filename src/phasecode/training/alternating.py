@@ -17,7 +17,6 @@ its squared error (``training.budget``). The B steps do not move spikes, so they
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -132,15 +131,14 @@ class _Loss:
     def error(self, values: Tensor) -> Tensor:
         return site_error(values, self.magnitude, self.weight, self.bias)
 
-    def batches(self, size: int | None) -> Iterator[_Loss]:
-        """This loss on N/size equal slices of the samples in turn (every sample once per
-        cycle), forever; itself if ``size`` is None or covers all samples."""
+    def slices(self, size: int | None) -> list[_Loss]:
+        """This loss on N/size equal slices of the samples (every sample in exactly one);
+        [itself] if ``size`` is None or covers all samples."""
         parts = 1 if size is None else max(1, round(self.magnitude.shape[1] / size))
         if parts == 1:
-            yield from itertools.repeat(self)
-            return
+            return [self]
         columns = torch.arange(self.magnitude.shape[1], device=self.magnitude.device)
-        slices = [
+        return [
             _Loss(
                 self.magnitude[:, part],
                 self.penalty,
@@ -149,7 +147,6 @@ class _Loss:
             )
             for part in columns.tensor_split(parts)
         ]
-        yield from itertools.cycle(slices)
 
 
 def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: _Loss):
@@ -172,9 +169,10 @@ def _optimise(neurons: PhaseNeurons, config: TrainConfig, progress: bool, loss: 
         return curve, phases
     opt_spike = torch.optim.Adam(neurons.spike_parameters(), lr=config.lr_threshold)
     opt_base = torch.optim.Adam(neurons.base_parameters(), lr=config.lr_base)
-    batches = loss.batches(config.batch_samples)
-    if config.batch_samples is not None:
+    slices = loss.slices(config.batch_samples)
+    if len(slices) > 1:
         _offer_start(neurons, loss, config, best)  # θ/h steps on slices offer nothing
+    batches = itertools.cycle(slices)
     for _ in tqdm(range(config.rounds), desc="training", unit="round", disable=not progress):
         for _ in range(config.threshold_steps):
             curve.append(_surrogate_step(neurons, next(batches), opt_spike, config, best, loss))
