@@ -36,6 +36,10 @@ def use_persistent_cache() -> None:
 
 
 _COMPILED: dict[Callable, Callable] = {}
+# graphs one kernel may keep: each neuron shape (T, binary or signed, masking, a site without
+# a neuron) is its own graph, and a sweep (pareto, compare) meets many in one process; past
+# dynamo's default of 8 the kernel would silently fall back to eager for every new one
+RECOMPILE_LIMIT = 64
 
 
 def compiled(fn: Callable, dynamic: bool | None = True) -> Callable:
@@ -49,6 +53,8 @@ def compiled(fn: Callable, dynamic: bool | None = True) -> Callable:
         return fn
     if fn not in _COMPILED:
         use_persistent_cache()
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED[fn] = torch.compile(fn, dynamic=dynamic)
     return _COMPILED[fn]
 

@@ -5,7 +5,7 @@ the jobs and the comparison grid."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phasecode.calibration.text import DEFAULT_CALIBRATION
@@ -20,6 +20,7 @@ CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire
 OBJECTIVES = ("mse", "fisher")
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
+BUDGET_LR_THRESHOLD, BUDGET_ROUNDS = 0.003, 20  # Alg. 1 under an energy budget (EnergyBudget)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ class EnergyBudget:
     min_timesteps: int = 3
     context: int = 512
     costs: str = "45nm-fp32"
+
+    def training(self, train: TrainConfig) -> TrainConfig:
+        """Alg. 1 under a budget: η1 and N as before session 7 (0.003, 20), on slices. The
+        knapsack prices each site's start-point neuron, so training must stay near it: with
+        the stronger defaults (0.03, 40) SmolLM2's neurons fired 7 % past the plan and
+        budget 0.85 ended at PPL ×1.1021 with total ×0.911 (docs/energy.md). Settings other
+        than the defaults are the user's and stay."""
+        if (train.lr_threshold, train.rounds) != (TrainConfig.lr_threshold, TrainConfig.rounds):
+            return train
+        return replace(train, lr_threshold=BUDGET_LR_THRESHOLD, rounds=BUDGET_ROUNDS)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.ratio) and self.ratio > 0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import tiny_calibrated
 
-from phasecode.settings import EnergyBudget, FitSettings
+from phasecode.settings import BUDGET_LR_THRESHOLD, BUDGET_ROUNDS, EnergyBudget, FitSettings
 from phasecode.simulation.budget import SiteOptions, budget_plan, choose_steps, fit_under_budget
 from phasecode.simulation.counting import Counter
 from phasecode.simulation.energy import PRESETS, energy
@@ -120,3 +120,14 @@ def test_energy_term_trades_spikes_for_error_at_its_price():
     # the error grew by less than the spikes saved are worth at that price
     objective = {n: s["mse"] + price * s["spikes"] for n, s in (("p", plain), ("q", priced))}
     assert (objective["q"] <= objective["p"] * 1.001).all()
+
+
+def test_budget_training_stays_near_the_planned_neurons_unless_the_user_chose():
+    budget = EnergyBudget(0.85)
+    gentle = budget.training(TrainConfig())
+    assert (gentle.lr_threshold, gentle.rounds) == (BUDGET_LR_THRESHOLD, BUDGET_ROUNDS)
+    assert gentle.batch_samples == TrainConfig().batch_samples  # only η1 and N change
+    chosen = TrainConfig(lr_threshold=0.01)
+    assert budget.training(chosen) is chosen
+    chosen = TrainConfig(rounds=7)
+    assert budget.training(chosen) is chosen

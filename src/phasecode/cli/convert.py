@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="RATIO",
         help="stop at this predicted total energy ratio to the ANN: timesteps chosen per site "
-        "(a knapsack over loss sensitivity and energy) and spikes priced in training",
+        "(a knapsack over loss sensitivity and energy) and spikes priced in training, which "
+        "then keeps near the planned neurons (--lr-threshold 0.003 --rounds 20 unless given)",
     )
     parser.add_argument(
         "--min-timesteps",

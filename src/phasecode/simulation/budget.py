@@ -206,6 +206,7 @@ def fit_under_budget(
     """Plan, train, and when the trained neurons' predicted energy misses the budget, plan
     once more from their spike counts and train again. The report's ``energy_budget`` says
     what was chosen and predicted."""
+    fit = replace(fit, train=budget.training(fit.train))
     plan = budget_plan(calibrated, fit, budget, progress)
     spiking = fit_spiking(calibrated, fit, progress, plan.steps, plan.spike_costs)
     trained = _trained_spikes(spiking)
