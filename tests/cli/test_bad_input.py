@@ -75,6 +75,7 @@ CASES = [
     (_convert("--code", "signed-digit", "--method", "las", "--out", "{root}/new"), ["mgpc"]),
     (_convert("--objective", "fisher", "--method", "rate", "--out", "{root}/new"), ["mgpc"]),
     (_convert("--probs-bias", "-1", "--out", "{root}/new"), ["--probs-bias"]),
+    (_convert("--batch-samples", "0", "--out", "{root}/new"), ["--batch-samples"]),
     (["neurons", "--model", "{root}/model", "--objective", "fisher"], ["phasecode convert"]),
     (["neurons", "--model", "{root}/model", "--probs-bias", "auto"], ["phasecode convert"]),
     (_convert("--probs-bias", "auto", "--method", "las", "--out", "{root}/new"), ["mgpc"]),

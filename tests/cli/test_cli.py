@@ -161,6 +161,17 @@ def test_quiet_run_writes_nothing_to_stderr(model_dir, calibration, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(
+    "option, text, expected",
+    [("--probs-bias", "q", "a number or auto"), ("--batch-samples", "some", "a count or all")],
+)
+def test_number_or_word_options_refuse_other_words_while_parsing(option, text, expected, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["convert", option, text, "--out", "unused"])
+    assert info.value.code == 2
+    assert f"expected {expected}, got {text!r}" in capsys.readouterr().err
+
+
 def test_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

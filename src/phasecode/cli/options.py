@@ -146,24 +146,23 @@ def _choice(parser: argparse.ArgumentParser, flag: str, choices: tuple, help: st
     )
 
 
-def _kappa(text: str) -> float | str:
-    """--probs-bias: "auto" or a number (checked by FitSettings)."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+def _value_or_word(convert, word: str, meaning, what: str):
+    """An argparse type: ``word`` (read as ``meaning``) or ``convert(text)``; the value itself
+    is checked where the settings are built."""
+
+    def parse(text: str):
+        if text == word:
+            return meaning
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or {word}, got {text!r}") from None
+
+    return parse
 
 
-def _samples(text: str) -> int | None:
-    """--batch-samples: "all" (None) or a count (checked by TrainConfig)."""
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or all, got {text!r}") from None
+_kappa = _value_or_word(float, "auto", "auto", "a number")  # --probs-bias
+_samples = _value_or_word(int, "all", None, "a count")  # --batch-samples: all → None
 
 
 def fit_settings(args: argparse.Namespace) -> FitSettings:

@@ -137,15 +137,11 @@ class _Loss:
         parts = 1 if size is None else max(1, round(self.magnitude.shape[1] / size))
         if parts == 1:
             return [self]
-        columns = torch.arange(self.magnitude.shape[1], device=self.magnitude.device)
+        magnitudes = self.magnitude.tensor_split(parts, dim=1)
+        weights = [None] * parts if self.weight is None else self.weight.tensor_split(parts, dim=1)
         return [
-            _Loss(
-                self.magnitude[:, part],
-                self.penalty,
-                None if self.weight is None else self.weight[:, part],
-                self.bias,
-            )
-            for part in columns.tensor_split(parts)
+            _Loss(magnitude, self.penalty, weight, self.bias)
+            for magnitude, weight in zip(magnitudes, weights, strict=True)
         ]
 
 
