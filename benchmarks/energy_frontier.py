@@ -7,9 +7,10 @@ windows), resumable in benchmarks/results/energy_frontier/, then writes
 benchmarks/results/energy_frontier.json (records, the targets and whether each is met) and
 regenerates docs/results-energy-frontier.md with the plot (docs/energy_frontier.png).
 
-    python benchmarks/energy_frontier.py [--windows 40] [--tokens 512] [--budgets 0.85,0.75,0.65]
-                                         [--fisher 8,6] [--unbiased-probs 8,6]
-                                         [--unbiased-budgets 0.85,0.8]
+    python benchmarks/energy_frontier.py [--windows 40] [--tokens 512]
+                                         [--budgets 0.9,0.85,0.8,0.75,0.7]
+                                         [--knapsack-budgets 0.85] [--fisher 8,6]
+                                         [--unbiased-probs 8,6] [--unbiased-budgets 0.85,0.8]
     python benchmarks/energy_frontier.py --render     # only rewrite the Markdown from the JSON
     python benchmarks/energy_frontier.py --qwen2 [PATH.gguf] ...   # its own files (_qwen2)
 """
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace, front: Front) -> dict:
     fisher = [int(t) for t in args.fisher.split(",") if t]
     unbiased = [int(t) for t in args.unbiased_probs.split(",") if t]
     unbiased_budgets = [float(b) for b in args.unbiased_budgets.split(",") if b]
+    knapsack = [float(b) for b in args.knapsack_budgets.split(",") if b]
     points = front_points(
-        args.timesteps, uniform, masks, budgets, fisher, unbiased, unbiased_budgets
+        args.timesteps, uniform, masks, budgets, fisher, unbiased, unbiased_budgets, knapsack
     )
     records = pareto_job(
         front.model,
@@ -188,13 +190,18 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=8)
     parser.add_argument("--uniform", default="8,6")
     parser.add_argument("--masks", default="3")
-    parser.add_argument("--budgets", default="0.88,0.85,0.82,0.68,0.6")
+    parser.add_argument(
+        "--budgets", default="0.9,0.85,0.8,0.75,0.7", help="budgets met by a spike price at T"
+    )
+    parser.add_argument(
+        "--knapsack-budgets", default="0.85", help="budgets met by a knapsack's T per site"
+    )
     parser.add_argument("--fisher", default="8,6", help="T values of the Fisher-objective curve")
     parser.add_argument(
         "--unbiased-probs", default="8,6", help="T values of the unbiased-probabilities curve"
     )
     parser.add_argument(
-        "--unbiased-budgets", default="0.85,0.8", help="its budgets (signed-digit, per-site T)"
+        "--unbiased-budgets", default="0.85,0.8", help="its budgets (signed-digit, spike price)"
     )
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=512)

@@ -5,7 +5,7 @@ the jobs and the comparison grid."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from phasecode.calibration.text import DEFAULT_CALIBRATION
@@ -20,7 +20,7 @@ CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire
 OBJECTIVES = ("mse", "fisher")
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
-BUDGET_LR_THRESHOLD, BUDGET_ROUNDS = 0.003, 20  # Alg. 1 under an energy budget (EnergyBudget)
+BUDGET_MODES = ("price", "knapsack")
 
 
 @dataclass(frozen=True)
@@ -79,24 +79,17 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class EnergyBudget:
-    """Convert under a total energy budget: per-site T and energy-aware training
-    (``training.budget``). ``ratio`` is the predicted SNN/ANN total energy at which to stop,
-    on a ``context``-token window priced with the ``costs`` preset or file."""
+    """Convert under a total energy budget (``simulation.budget``). ``ratio`` is the predicted
+    SNN/ANN total energy at which to stop, on a ``context``-token window priced with the
+    ``costs`` preset or file. ``mode`` "price": every site at T, and training finds the price
+    of a spike that meets the budget; "knapsack": T per site (≥ ``min_timesteps``) chosen
+    before training, spikes priced at the knapsack's price."""
 
     ratio: float
     min_timesteps: int = 3
     context: int = 512
     costs: str = "45nm-fp32"
-
-    def training(self, train: TrainConfig) -> TrainConfig:
-        """Alg. 1 under a budget: η1 and N as before session 7 (0.003, 20), on slices. The
-        knapsack prices each site's start-point neuron, so training must stay near it: with
-        the stronger defaults (0.03, 40) SmolLM2's neurons fired 7 % past the plan and
-        budget 0.85 ended at PPL ×1.1021 with total ×0.911 (docs/energy.md). Settings other
-        than the defaults are the user's and stay."""
-        if (train.lr_threshold, train.rounds) != (TrainConfig.lr_threshold, TrainConfig.rounds):
-            return train
-        return replace(train, lr_threshold=BUDGET_LR_THRESHOLD, rounds=BUDGET_ROUNDS)
+    mode: str = "price"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.ratio) and self.ratio > 0):
@@ -105,3 +98,7 @@ class EnergyBudget:
             raise PhasecodeError(f"--min-timesteps must be >= 1, got {self.min_timesteps}")
         if self.context < 1:
             raise PhasecodeError(f"the energy context must be >= 1 token, got {self.context}")
+        if self.mode not in BUDGET_MODES:
+            raise PhasecodeError(
+                f"unknown budget mode {self.mode!r}; choose from {', '.join(BUDGET_MODES)}"
+            )

@@ -82,6 +82,7 @@ CASES = [
     # pareto
     (["pareto", "--budgets", "0.8,x", "--out", "{root}/new"], ["--budgets"]),
     (["pareto", "--budgets", "0", "--out", "{root}/new"], ["energy budget"]),
+    (["pareto", "--knapsack-budgets", "0.8,y", "--out", "{root}/new"], ["--knapsack-budgets"]),
     (["pareto", "--masks", "8", "--out", "{root}/new"], ["--masks"]),
     (["pareto", "--unbiased-probs", "6,x", "--out", "{root}/new"], ["--unbiased-probs"]),
     (["pareto", "--uniform", "8,99", "--out", "{root}/new"], ["timesteps"]),

@@ -280,6 +280,7 @@ def test_too_many_samples_is_a_user_error(model_dir, calibration, tmp_path, caps
         ["neurons", "--method", "bogus"],
         ["neurons", "-T", "eight"],
         ["neurons", "--unknown-flag"],
+        ["convert", "--energy-budget", "0.8", "--budget-mode", "greedy", "--out", "x"],
         [],
         ["train"],
     ],

@@ -3,17 +3,25 @@ estimate against the simulator's counts, the knapsack and the energy-aware train
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import tiny_calibrated
 
-from phasecode.settings import BUDGET_LR_THRESHOLD, BUDGET_ROUNDS, EnergyBudget, FitSettings
-from phasecode.simulation.budget import SiteOptions, budget_plan, choose_steps, fit_under_budget
+from phasecode.settings import EnergyBudget, FitSettings
+from phasecode.simulation.budget import (
+    SiteOptions,
+    budget_plan,
+    choose_steps,
+    fit_under_budget,
+    spike_prices,
+)
 from phasecode.simulation.counting import Counter
 from phasecode.simulation.energy import PRESETS, energy
 from phasecode.simulation.estimate import SiteEnergy, site_energy
 from phasecode.simulation.network import SpikingSimulator
-from phasecode.training.alternating import TrainConfig
+from phasecode.training.alternating import PRICE_STEP, SpikeBudget, TrainConfig
 from phasecode.training.fit import fit_codes, score_sites
 
 FAST = TrainConfig(rounds=2, search_steps=2, search_samples=64)
@@ -40,7 +48,8 @@ def budgeted(calibrated):
         cheapest = plan(1e-6).choice
     assert (cheapest.steps == 2).all()
     middle = (full.predicted_ratio + cheapest.predicted_ratio) / 2
-    spiking = fit_under_budget(calibrated, fit, EnergyBudget(middle, 2, LENGTH), False)
+    budget = EnergyBudget(middle, 2, LENGTH, mode="knapsack")
+    spiking = fit_under_budget(calibrated, fit, budget, False)
     return spiking, spiking.report["energy_budget"]
 
 
@@ -122,12 +131,67 @@ def test_energy_term_trades_spikes_for_error_at_its_price():
     assert (objective["q"] <= objective["p"] * 1.001).all()
 
 
-def test_budget_training_stays_near_the_planned_neurons_unless_the_user_chose():
-    budget = EnergyBudget(0.85)
-    gentle = budget.training(TrainConfig())
-    assert (gentle.lr_threshold, gentle.rounds) == (BUDGET_LR_THRESHOLD, BUDGET_ROUNDS)
-    assert gentle.batch_samples == TrainConfig().batch_samples  # only η1 and N change
-    chosen = TrainConfig(lr_threshold=0.01)
-    assert budget.training(chosen) is chosen
-    chosen = TrainConfig(rounds=7)
-    assert budget.training(chosen) is chosen
+def test_a_spike_is_priced_per_token_at_every_site():
+    # λ_s·(spikes per neuron) must be μ·(energy per token) / (½·F_s): a site of 100 neurons
+    # per token pays 100× for the same spikes per neuron as a site of one
+    ones = torch.ones(2, dtype=torch.float64)
+    energy = SiteEnergy(ones * 3.0, torch.tensor([1.0, 100.0], dtype=torch.float64), ones, 0, 0, 1)
+    sensitivity = torch.tensor([2.0, 8.0], dtype=torch.float64)
+    prices = spike_prices(sensitivity, energy, 0.5)
+    spikes_per_neuron = torch.tensor([0.7, 0.7], dtype=torch.float64)
+    per_token = energy.width * energy.spike_pj * spikes_per_neuron
+    torch.testing.assert_close(
+        prices.double() * spikes_per_neuron * sensitivity / 2, 0.5 * per_token, rtol=1e-6, atol=0
+    )
+
+
+def _synthetic_sites() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(2, 2000, dtype=torch.float64, generator=generator)
+    laplace = torch.distributions.Laplace(0.0, 1.0).sample((2, 2000)).double()
+    return torch.cat([normal, laplace])
+
+
+def test_spike_budget_training_lands_on_the_budget():
+    train = _synthetic_sites()
+    fit = FitSettings("mgpc", 6, 1, TrainConfig(rounds=30), code="signed-digit")
+    plain = score_sites(fit_codes(train, fit, False).table, train, train)
+    energy = torch.tensor([1.0, 4.0, 2.0, 8.0], dtype=torch.float64)
+    unit = energy * train.abs().amax(1) ** 2  # λ per unit price ∝ energy (equal sensitivity)
+    for share in (0.6, 0.8):
+        budget = SpikeBudget(energy, share * float((energy * plain["spikes"]).sum()))
+        result = fit_codes(train, fit, False, spike_cost=unit, spike_budget=budget)
+        priced = score_sites(result.table, train, train)
+        spent = budget.spent(priced["spikes"])
+        # chosen on the training samples' exact counts: within the budget, and near it
+        assert 0.9 * budget.allowed <= spent <= budget.allowed * (1 + 1e-9), (share, spent)
+        assert len(result.prices) == fit.train.rounds + 2  # start, each round, the chosen
+        # the costliest site gave up the largest share of its spikes
+        saved = 1 - priced["spikes"] / plain["spikes"]
+        assert saved[3] > saved[2] and saved[1] > saved[0]
+
+
+def test_spike_budget_above_the_spend_leaves_the_price_falling():
+    train = _synthetic_sites()
+    fit = FitSettings("mgpc", 6, 1, TrainConfig(rounds=10), code="signed-digit")
+    energy = torch.ones(4, dtype=torch.float64)
+    budget = SpikeBudget(energy, 100.0 * 4)  # far more spikes than T=6 can fire
+    result = fit_codes(train, fit, False, spike_cost=torch.ones(4), spike_budget=budget)
+    assert result.prices == sorted(result.prices, reverse=True)
+    # every round at the largest step down
+    assert result.prices[-2] == pytest.approx(result.prices[0] * math.exp(-PRICE_STEP * 10))
+
+
+def test_price_mode_keeps_T_and_meets_the_budget(calibrated):
+    train = TrainConfig(rounds=15, search_steps=2, search_samples=64)  # rounds for μ to climb
+    fit = FitSettings("mgpc", 6, 2, train, code="signed-digit")
+    plain = fit_under_budget(calibrated, fit, EnergyBudget(100.0, context=LENGTH), False)
+    ratio = plain.report["energy_budget"]["predicted_ratio"] * 0.9
+    spiking = fit_under_budget(calibrated, fit, EnergyBudget(ratio, context=LENGTH), False)
+    record = spiking.report["energy_budget"]
+    assert (spiking.table.steps == 6).all() and record["steps_histogram"] == {
+        "6": len(spiking.sites)
+    }
+    assert record["mode"] == "price" and record["reachable"]
+    assert record["predicted_ratio"] <= ratio * 1.05
+    assert record["price_per_pj"] > plain.report["energy_budget"]["price_per_pj"]

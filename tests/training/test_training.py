@@ -116,11 +116,12 @@ def test_quadratic_loss_equals_direct_mse(seed):
     table = _random_table(3, 5, seed)
     magnitude = torch.rand(3, 700, generator=_gen(seed + 5), dtype=F64) * 1.5
     stats = spike_statistics(magnitude, table)
-    gram, cross, energy = stats
+    gram, cross, energy, count = stats
     assert gram.shape == (3, 5, 5) and cross.shape == (3, 5) and energy.shape == (3,)
     torch.testing.assert_close(gram, gram.transpose(1, 2))
     spikes = torch.stack(list(fire_steps(magnitude, table)), 1)
     torch.testing.assert_close(torch.diagonal(gram, dim1=1, dim2=2), spikes.mean(2))
+    torch.testing.assert_close(count, (spikes != 0).sum(1).to(F64).mean(1))
     torch.testing.assert_close(
         quadratic_loss(table.weight, stats), _mse(magnitude, table), rtol=1e-10, atol=1e-14
     )

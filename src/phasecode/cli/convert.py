@@ -8,7 +8,7 @@ from pathlib import Path
 from phasecode.cli import options
 from phasecode.errors import PhasecodeError
 from phasecode.outputs import check_artifact_dir
-from phasecode.settings import EnergyBudget, FitSettings
+from phasecode.settings import BUDGET_MODES, EnergyBudget, FitSettings
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -25,15 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--energy-budget",
         type=float,
         metavar="RATIO",
-        help="stop at this predicted total energy ratio to the ANN: timesteps chosen per site "
-        "(a knapsack over loss sensitivity and energy) and spikes priced in training, which "
-        "then keeps near the planned neurons (--lr-threshold 0.003 --rounds 20 unless given)",
+        help="stop at this predicted total energy ratio to the ANN; how: --budget-mode",
+    )
+    parser.add_argument(
+        "--budget-mode",
+        choices=BUDGET_MODES,
+        default=EnergyBudget.mode,
+        help="price: every site at T, training raises the price of a spike (weighted by each "
+        "site's loss sensitivity) until the budget is met; knapsack: T per site chosen before "
+        "training from untrained neurons, spikes priced at its price",
     )
     parser.add_argument(
         "--min-timesteps",
         type=int,
         default=EnergyBudget.min_timesteps,
-        help="the fewest timesteps --energy-budget may give a site",
+        help="the fewest timesteps --budget-mode knapsack may give a site",
     )
     parser.add_argument(
         "--costs",
@@ -85,4 +91,6 @@ def energy_budget(args: argparse.Namespace, fit: FitSettings) -> EnergyBudget | 
             f"--min-timesteps must be in 1..T={fit.timesteps}, got {args.min_timesteps}"
         )
     load_costs(args.costs)  # a bad cost file is refused before the model loads
-    return EnergyBudget(args.energy_budget, args.min_timesteps, costs=args.costs)
+    return EnergyBudget(
+        args.energy_budget, args.min_timesteps, costs=args.costs, mode=args.budget_mode
+    )

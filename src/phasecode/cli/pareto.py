@@ -20,7 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uniform", default="8,7,6", help="T values of the uniform-T curves")
     parser.add_argument("--masks", default="3", help="masking strengths at T, comma list")
     parser.add_argument(
-        "--budgets", default="0.85,0.75,0.65", help="energy budgets (ratio to the ANN), comma list"
+        "--budgets",
+        default="0.9,0.85,0.8",
+        help="energy budgets (ratio to the ANN) met by a spike price at T, comma list",
+    )
+    parser.add_argument(
+        "--knapsack-budgets",
+        default="",
+        help="energy budgets met by a knapsack's T per site instead, comma list",
     )
     parser.add_argument(
         "--fisher",
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise PhasecodeError(f"--masks must be in 0..T-1={args.timesteps - 1}")
     budgets = _numbers(args.budgets, "--budgets", float)
     unbiased_budgets = _numbers(args.unbiased_budgets, "--unbiased-budgets", float)
-    for budget in budgets + unbiased_budgets:
+    knapsack = _numbers(args.knapsack_budgets, "--knapsack-budgets", float)
+    for budget in budgets + unbiased_budgets + knapsack:
         EnergyBudget(budget)
     load_costs(args.costs)  # a bad cost file is refused before the model loads
     load_corpus(args.text)
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for name in (RESULTS, TABLE, PLOT):
         check_output_file(args.out / name)
     points = front_points(
-        args.timesteps, uniform, masks, budgets, fisher, unbiased, unbiased_budgets
+        args.timesteps, uniform, masks, budgets, fisher, unbiased, unbiased_budgets, knapsack
     )
     pareto_job(
         args.model,

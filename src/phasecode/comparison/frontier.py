@@ -4,7 +4,8 @@ Every point is one conversion fitted from the same calibration and measured the 
 total and compute (MAC+AC) energy relative to the ANN by the spike-level simulator, and the
 fast path's perplexity relative to the ANN. Families of points are drawn as separate curves:
 the wave-1 neuron over T, that neuron with spike masking, LAS over T, the signed-digit neuron
-over T, the signed-digit neuron under energy budgets (per-site T, priced spikes), and the
+over T, the signed-digit neuron under energy budgets (a spike price found in training at T, or
+a knapsack's per-site T with spikes priced at its price), and the
 signed-digit neuron trained on the Fisher-weighted objective over T, and the signed-digit
 neuron whose attention probabilities keep their mass (``--probs-bias``) over T.
 """
@@ -32,10 +33,14 @@ class Point:
     budget: float | None = None
     objective: str = "mse"
     probs_bias: float = 0.0
+    budget_mode: str = "price"  # EnergyBudget.mode
 
     @property
     def key(self) -> str:
-        budget = "" if self.budget is None else f"-budget{self.budget:g}"
+        budget = ""
+        if self.budget is not None:
+            word = "budget" if self.budget_mode == "knapsack" else "price"
+            budget = f"-{word}{self.budget:g}"
         objective = "" if self.objective == "mse" else f"-{self.objective}"
         bias = f"-probsbias{self.probs_bias:g}" if self.probs_bias else ""
         return (
@@ -57,11 +62,13 @@ def front_points(
     fisher: list[int] = (),
     unbiased: list[int] = (),
     unbiased_budgets: list[float] = (),
+    knapsack_budgets: list[float] = (),
 ) -> list[Point]:
     """The sweep: the ``uniform`` T values for the uniform curves, the given masking
-    strengths and budgets at ``timesteps``, the ``fisher`` T values for the Fisher curve and
-    the ``unbiased`` ones for the curve with ``PROBS_BIAS`` on the probabilities (and the
-    ``unbiased_budgets`` with it under energy budgets)."""
+    strengths and budgets (price mode; ``knapsack_budgets``: knapsack mode) at ``timesteps``,
+    the ``fisher`` T values for the Fisher curve and the ``unbiased`` ones for the curve with
+    ``PROBS_BIAS`` on the probabilities (and the ``unbiased_budgets`` with it under energy
+    budgets)."""
     points = [Point("wave-1 neuron, uniform T", "mgpc", "binary", t) for t in uniform]
     points += [
         Point("wave-1 neuron, masking", "mgpc", "binary", timesteps, m) for m in masks if m > 0
@@ -69,9 +76,15 @@ def front_points(
     points += [Point("LAS, uniform T", "las", "binary", t) for t in uniform]
     points += [Point("signed-digit, uniform T", "mgpc", "signed-digit", t) for t in uniform]
     points += [
-        Point("signed-digit + energy budget", "mgpc", "signed-digit", timesteps, 0, b)
+        Point(f"signed-digit + energy budget (spike price, T={timesteps})", "mgpc",
+              "signed-digit", timesteps, 0, b)
         for b in budgets
-    ]
+    ]  # fmt: skip
+    points += [
+        Point("signed-digit + energy budget (knapsack, T per site)", "mgpc", "signed-digit",
+              timesteps, 0, b, budget_mode="knapsack")
+        for b in knapsack_budgets
+    ]  # fmt: skip
     points += [
         Point("signed-digit, Fisher objective", "mgpc", "signed-digit", t, objective="fisher")
         for t in fisher

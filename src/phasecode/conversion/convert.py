@@ -45,6 +45,7 @@ from phasecode.models.quantize import check_weight_bits, quantize_model
 from phasecode.models.rotation import fold_value_rotation, head_rotation, rotate_model
 from phasecode.models.sites import site_kind, spiking_sites
 from phasecode.settings import PROBS_BIAS, FitSettings, SamplingSettings
+from phasecode.training.alternating import SpikeBudget
 from phasecode.training.fit import FitResult, fit_codes, score_sites
 
 # windows per calibration forward: each site's reservoir costs ~2 ms per push whatever its
@@ -356,10 +357,11 @@ def fit_spiking(
     progress: bool = True,
     steps: Tensor | None = None,
     spike_costs: Tensor | None = None,
+    spike_budget: SpikeBudget | None = None,
 ) -> SpikingModel:
     """Step 3: train (or set) one neuron per site and score it on the held-out samples;
     ``steps`` and ``spike_costs`` (per site, ``simulation.budget``) give each site its own T
-    and price its spikes in training."""
+    and price its spikes in training, ``spike_budget`` finds that price in training."""
     c = calibrated
     spec = replace(
         c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains, code=fit.code
@@ -372,7 +374,9 @@ def fit_spiking(
         weight, heldout_weight = sensitivity.weights(train), sensitivity.weights(heldout)
     bias = probs_bias(c.sites, fit)
     bias = None if bias is None else bias.to(train)
-    result = fit_codes(train, fit, progress, steps, spike_costs, weight, bias)
+    result = fit_codes(train, fit, progress, steps, spike_costs, weight, bias, spike_budget)
+    if result.prices:  # the probabilities' refit below keeps the price training found
+        spike_costs = spike_costs * result.prices[-1]
     bias_choice = None
     if fit.probs_bias_auto:
         result, bias_choice = choose_probs_bias(c, fit, result, train, steps, spike_costs, weight)
@@ -387,6 +391,7 @@ def fit_spiking(
         ],
         "mean_ratio": float(scores["ratio"].mean()),
         "seconds": {"calibration": c.seconds, "training": result.seconds},
+        "spike_prices": result.prices,
         "spec": asdict(spec),
         "objective": fit.objective,
         "probs_bias": fit.probs_bias if bias_choice is None else bias_choice["chosen"],

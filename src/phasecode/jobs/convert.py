@@ -77,7 +77,8 @@ def format_conversion(report: dict) -> str:
     if budget is not None:
         steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
         lines.append(
-            f"energy budget {budget['ratio']}: predicted total ratio "
+            f"energy budget {budget['ratio']} ({budget.get('mode', 'knapsack')}): predicted total "
+            f"ratio "
             f"{budget['predicted_ratio']:.3f}; sites by T: {steps}"
         )
     seconds = report["seconds"]

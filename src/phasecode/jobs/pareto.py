@@ -113,7 +113,10 @@ def _measure_point(
         spiking = fit_spiking(calibrated, fit, progress=False)
     else:
         spiking = fit_under_budget(
-            calibrated, fit, EnergyBudget(point.budget, context=tokens), False
+            calibrated,
+            fit,
+            EnergyBudget(point.budget, context=tokens, mode=point.budget_mode),
+            False,
         )
         budget = spiking.report["energy_budget"]
     ids = sample_tokens(spiking, tokens, text)

@@ -167,7 +167,8 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
         rows.append(
             (
                 "energy budget",
-                f"{budget['ratio']} (predicted {budget['predicted_ratio']:.3f} on "
+                f"{budget['ratio']} by {budget.get('mode', 'knapsack')} (predicted "
+                f"{budget['predicted_ratio']:.3f} on "
                 f"{budget['context']} tokens); sites by T: {steps}",
             )
         )

@@ -16,7 +16,7 @@ from phasecode.coding.neuron import spikes, value
 from phasecode.coding.table import CodeTable, concat_tables
 from phasecode.errors import PhasecodeError
 from phasecode.settings import FitSettings
-from phasecode.training.alternating import train_neurons
+from phasecode.training.alternating import SpikeBudget, train_neurons
 from phasecode.training.objective import squared_error
 from phasecode.training.scale_fit import fit_tau
 from phasecode.training.search import search_allocation
@@ -29,6 +29,7 @@ class FitResult:
     loss_curve: Tensor | None  # [S, steps] for trained codes (Figure 4)
     seconds: float
     loss_phases: list[str] = field(default_factory=list)  # which parameters each step moved
+    prices: list[float] = field(default_factory=list)  # μ per round under a spike budget
 
 
 def fit_codes(
@@ -39,14 +40,16 @@ def fit_codes(
     spike_cost: Tensor | None = None,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
+    spike_budget: SpikeBudget | None = None,
 ) -> FitResult:
     """One code table row per site, by the chosen method.
 
     ``steps`` [S] gives each site its own T (≤ ``settings.timesteps``; default: all use it):
     sites of equal T train together and the table is padded to the largest. ``spike_cost``
     [S] turns on energy-aware training and ``weight`` [S, N] weighs each training sample's
-    error (the Fisher objective); ``bias`` [S] adds κ_s·(mean error)² (all mgpc only,
-    ``train_neurons``)."""
+    error (the Fisher objective); ``bias`` [S] adds κ_s·(mean error)²; ``spike_budget`` holds
+    the spikes' total energy to a budget, ``spike_cost`` then being λ_s per unit price (all
+    mgpc only, ``train_neurons``; the budget needs one T for every site)."""
     start = time.perf_counter()
     if steps is None:
         steps = torch.full((train.shape[0],), settings.timesteps, dtype=torch.long)
@@ -54,14 +57,16 @@ def fit_codes(
         raise PhasecodeError("energy-aware training needs --method mgpc")
     if weight is not None and settings.method != "mgpc":
         raise PhasecodeError("a weighted objective needs --method mgpc")
-    parts, order, curves, phases = [], [], [], []
+    if spike_budget is not None and len(set(steps.tolist())) > 1:
+        raise PhasecodeError("a spike budget trains every site at one T")
+    parts, order, curves, phases, prices = [], [], [], [], []
     for t in sorted(set(steps.tolist()), reverse=True):
         index = (steps == t).nonzero()[:, 0].to(train.device)
         cost = None if spike_cost is None else spike_cost.to(train.device)[index]
         group_weight = None if weight is None else weight.to(train)[index]
         group_bias = None if bias is None else bias.to(train)[index]
-        table, curve, phases = _fit_group(
-            train[index], settings, t, progress, cost, group_weight, group_bias
+        table, curve, phases, prices = _fit_group(
+            train[index], settings, t, progress, cost, group_weight, group_bias, spike_budget
         )
         parts.append(table)
         order.append(index)
@@ -69,7 +74,7 @@ def fit_codes(
     position = torch.cat(order).argsort()
     table = concat_tables(parts).select(position)
     curve = None if curves[0] is None else torch.cat(curves)[position]
-    return FitResult(table, curve, time.perf_counter() - start, phases)
+    return FitResult(table, curve, time.perf_counter() - start, phases, prices)
 
 
 def _fit_group(
@@ -80,7 +85,8 @@ def _fit_group(
     spike_cost: Tensor | None,
     weight: Tensor | None,
     bias: Tensor | None,
-) -> tuple[CodeTable, Tensor | None, list[str]]:
+    spike_budget: SpikeBudget | None = None,
+) -> tuple[CodeTable, Tensor | None, list[str], list[float]]:
     """Sites that share one T."""
     signed = settings.code == "signed-digit"
     if settings.method == "mgpc":
@@ -92,13 +98,21 @@ def _fit_group(
         else:
             allocation = [even_allocation(t, 1)] * train.shape[0]
         result = train_neurons(
-            train, allocation, settings.train, progress, signed, spike_cost, weight, bias
+            train,
+            allocation,
+            settings.train,
+            progress,
+            signed,
+            spike_cost,
+            weight,
+            bias,
+            spike_budget,
         )
-        return result.table, result.loss_curve, result.phases
+        return result.table, result.loss_curve, result.phases, result.prices
     if settings.method == "phase":
-        return baselines.phase(train.shape[0], t), None, []
+        return baselines.phase(train.shape[0], t), None, [], []
     build = baselines.FIXED_CODES[settings.method]
-    return build(fit_tau(settings.method, train, t, build), t), None, []
+    return build(fit_tau(settings.method, train, t, build), t), None, [], []
 
 
 def score_sites(

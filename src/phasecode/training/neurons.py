@@ -17,6 +17,8 @@ the binary neuron with about 16 % fewer spikes on Gaussian-like samples (docs/me
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -149,12 +151,21 @@ class _Counting:
         return s
 
 
+class SpikeMoments(NamedTuple):
+    """``spike_statistics``: the quadratic's terms, and the spikes per neuron [S]."""
+
+    gram: Tensor  # [S, T, T]
+    cross: Tensor  # [S, T]
+    energy: Tensor  # [S]
+    spikes: Tensor  # [S]
+
+
 def spike_statistics(
     magnitude: Tensor,
     table: CodeTable,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> SpikeMoments:
     """Moments that make the loss an exact quadratic in d while θ, h are fixed.
 
     With θ, h fixed the spikes do not depend on B, so mean(w·(Σ d_t s_t − |x|)²) =
@@ -176,11 +187,12 @@ def spike_statistics(
             gram = gram + bias[:, None, None] * rate[:, :, None] * rate[:, None, :]
             cross = cross + (bias * mean)[:, None] * rate
             energy = energy + bias * mean.pow(2)
-    return gram, cross, energy
+        spikes = s.abs().sum(1).mean(1)
+    return SpikeMoments(gram, cross, energy, spikes)
 
 
-def quadratic_loss(weight: Tensor, stats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+def quadratic_loss(weight: Tensor, stats: SpikeMoments) -> Tensor:
     """Per-site MSE from ``spike_statistics`` for output weights d [S, T]."""
-    gram, cross, energy = stats
+    gram, cross, energy, _ = stats
     quad = (weight[:, None, :] @ gram @ weight[:, :, None])[:, 0, 0]
     return quad - 2 * (weight * cross).sum(1) + energy
