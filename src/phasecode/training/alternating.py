@@ -14,8 +14,9 @@ surrogate's, so θ and h see its gradient); λ_s is what one spike of that site 
 its squared error (``simulation.budget``). The B steps do not move spikes, so they keep the
 MSE. With a ``SpikeBudget`` the λ_s are μ·unit_s and the price μ follows the budget by dual
 ascent: after each round it is scaled up while the neurons' spike energy (hard counts, every
-sample) is over the budget and down while it is under, so one training lands on the budget
-instead of on a price guessed before training (kept-best compares at the current μ).
+sample) is over the budget and down while it is under. Every round's parameters are kept,
+and at the end each site takes its round at the lowest μ whose choice meets the budget, so
+one training lands on the budget instead of on a price guessed before training.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class _Price:
 
     def start(self, error: Tensor, spikes: Tensor) -> None:
         """μ at which the median site's energy term equals its error at the start point (the
-        dual ascent then finds the budget's μ, typically 10²–10³ times that, in ~20 rounds)."""
+        dual ascent then finds the budget's μ, 10–10³ times that on SmolLM2, in ~20 rounds)."""
         tiny = torch.finfo(error.dtype).tiny
         scale = error / (self.unit * spikes).clamp_min(tiny)
         self.value = float(scale.median().clamp_min(tiny))
