@@ -77,9 +77,8 @@ def format_conversion(report: dict) -> str:
     if budget is not None:
         steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
         lines.append(
-            f"energy budget {budget['ratio']} ({budget.get('mode', 'knapsack')}): predicted total "
-            f"ratio "
-            f"{budget['predicted_ratio']:.3f}; sites by T: {steps}"
+            f"energy budget {budget['ratio']} ({budget.get('mode', 'knapsack')}): predicted "
+            f"total ratio {budget['predicted_ratio']:.3f}; sites by T: {steps}"
         )
     seconds = report["seconds"]
     planned = f", budget {seconds['budget']:.1f} s" if "budget" in seconds else ""

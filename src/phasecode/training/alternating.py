@@ -304,7 +304,8 @@ def _offer_start(neurons, loss: _Loss, config: TrainConfig, best) -> None:
     with torch.no_grad():
         values, count = neurons.surrogate_values(loss.magnitude, config.sharpness)
         best.spikes = count.mean(1)
-        best.offer(loss.error(values), loss.penalty)
+        penalty = 0.0 if loss.penalty is None else loss.penalty * best.spikes
+        best.offer(loss.error(values) + penalty)
 
 
 def _surrogate_step(neurons, loss: _Loss, opt, config, best, whole: _Loss | None = None) -> Tensor:
@@ -318,7 +319,7 @@ def _surrogate_step(neurons, loss: _Loss, opt, config, best, whole: _Loss | None
         best.spikes = count.detach().mean(1)
         objective = error + loss.penalty * count.mean(1)
     if whole is None or loss is whole:
-        best.offer(error.detach(), loss.penalty)
+        best.offer(objective.detach())
     objective.sum().backward()
     opt.step()
     neurons.clamp_()
@@ -329,7 +330,7 @@ def _base_step(neurons, stats, opt, best, penalty) -> Tensor:
     """One step on B: spikes do not move, so the energy term is the last surrogate step's."""
     opt.zero_grad(set_to_none=True)
     loss = quadratic_loss(neurons.weights(), stats)
-    best.offer(loss.detach(), penalty)
+    best.offer(loss.detach() if penalty is None else loss.detach() + penalty * best.spikes)
     loss.sum().backward()
     opt.step()
     neurons.clamp_()
@@ -337,29 +338,23 @@ def _base_step(neurons, stats, opt, best, penalty) -> Tensor:
 
 
 class _Best:
-    """Per-site snapshot of the parameters with the lowest objective seen (surrogate steps can
-    overshoot; the paper's Theorem 2 only bounds the error up to a constant). The objective is
-    error + penalty·spikes at the penalty of the moment, so a moving price compares fairly."""
+    """Per-site snapshot of the parameters with the lowest loss seen (surrogate steps can
+    overshoot; the paper's Theorem 2 only bounds the error up to a constant). Under a spike
+    budget the price moves, so ``_Trajectory`` chooses instead."""
 
     def __init__(self, neurons: PhaseNeurons):
         self.neurons = neurons
         self.params = [p for p in neurons.parameters()]
         self.saved = [p.detach().clone() for p in self.params]
-        device = neurons.reference.device
-        self.error = torch.full((neurons.reference.shape[0],), float("inf"), device=device)
-        self.spikes = torch.zeros_like(self.error)  # spikes per neuron at the last θ/h step
-        self.kept_spikes = torch.zeros_like(self.error)  # ... of the kept parameters
+        self.loss = torch.full(
+            (neurons.reference.shape[0],), float("inf"), device=neurons.reference.device
+        )
+        self.spikes = torch.zeros_like(self.loss)  # spikes per neuron of the current θ/h
 
-    def offer(self, error: Tensor, penalty: Tensor | None) -> None:
-        """Keep the current parameters where error (+ penalty × the last θ/h step's spikes)
-        beats the kept ones' at the same penalty."""
-        if penalty is None:
-            better = error < self.error
-        else:
-            better = error + penalty * self.spikes < self.error + penalty * self.kept_spikes
+    def offer(self, loss: Tensor) -> None:
+        better = loss < self.loss
         if better.any():
-            self.error = torch.where(better, error, self.error)
-            self.kept_spikes = torch.where(better, self.spikes, self.kept_spikes)
+            self.loss = torch.where(better, loss, self.loss)
             for saved, p in zip(self.saved, self.params, strict=True):
                 saved[better] = p.detach()[better]
 
