@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from phasecode import compile_cache
 
 
@@ -29,3 +31,71 @@ def test_phasecode_compile_0_runs_the_function_itself(monkeypatch):
     monkeypatch.setenv("PHASECODE_COMPILE", "0")
     assert not compile_cache.enabled()
     assert compile_cache.compiled(_double) is _double
+
+
+def _affine(x, scale, steps: int):
+    for _ in range(steps):
+        x = x * scale + 1
+    return x
+
+
+def _no_compiling(*args, **kwargs):
+    raise AssertionError("compiled again instead of loading the saved kernel")
+
+
+def test_a_saved_kernel_is_loaded_by_a_new_process_without_compiling(monkeypatch, tmp_path):
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
+    monkeypatch.delenv("PHASECODE_COMPILE", raising=False)
+    x, scale = torch.randn(5, 3), torch.tensor(0.5)
+    first, fallbacks = (
+        compile_cache.Precompiled(_affine, dynamic=True),
+        compile_cache.Precompiled.fallbacks,
+    )
+    assert torch.equal(first(x, scale, 3), _affine(x, scale, 3))
+    (saved,) = (tmp_path / "torch-compile" / "aot").glob("*.bin")
+    assert saved.name.startswith(f"{__name__}._affine-")
+    monkeypatch.setattr(torch, "compile", _no_compiling)  # a fresh process: load only
+    second = compile_cache.Precompiled(_affine, dynamic=True)
+    other = torch.randn(7, 3)  # another size: the same dynamic kernel
+    assert torch.equal(second(other, scale, 3), _affine(other, scale, 3))
+    assert compile_cache.Precompiled.fallbacks == fallbacks
+
+
+def test_a_torn_kernel_file_is_compiled_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
+    kernel = compile_cache.Precompiled(_affine, dynamic=True)
+    x, scale = torch.randn(4, 3), torch.tensor(2.0)
+    path = kernel.path(compile_cache.signature((x, scale, 2), True))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a kernel")
+    assert torch.equal(kernel(x, scale, 2), _affine(x, scale, 2))
+    assert path.stat().st_size > len(b"half a kernel")
+
+
+def test_a_refused_call_falls_back_to_torch_compile(monkeypatch, tmp_path):
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
+    kernel = compile_cache.Precompiled(_affine, dynamic=True)
+    x, scale = torch.randn(4, 3), torch.tensor(2.0)
+
+    def refusing(*args):
+        raise RuntimeError(f"{compile_cache.GUARD_FAILURE}, reason: a guard")
+
+    monkeypatch.setattr(kernel, "_load_or_compile", lambda key, args: refusing)
+    before = compile_cache.Precompiled.fallbacks
+    assert torch.equal(kernel(x, scale, 2), _affine(x, scale, 2))
+    assert compile_cache.Precompiled.fallbacks == before + 1
+
+
+def test_the_signature_keeps_what_a_kernel_specializes_on():
+    x = torch.randn(4, 6)
+    assert compile_cache.signature((x, 3, None), all_dynamic=True) == (
+        "(T(torch.float32,cpu,['n', 'n'],True,False),3,None)"
+    )
+    assert "[4, 6]" in compile_cache.signature((x,))  # no dim marked: all sizes exact
+    marked = compile_cache.mark_dynamic(torch.randn(4, 6), 0)
+    assert "['n', 6]" in compile_cache.signature((marked,))
+    assert "[1, 6]" in compile_cache.signature((compile_cache.mark_dynamic(x[:1], 0),))
+    assert compile_cache.signature((_affine,)) == f"({__name__}._affine)"
+    assert "torch.float64" in compile_cache.signature((x.double(),))
+    unmarked = compile_cache.unmarked((marked, 2))
+    assert not hasattr(unmarked[0], "_has_dynamo_dim_marking") and torch.equal(unmarked[0], marked)

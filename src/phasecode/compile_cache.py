@@ -1,15 +1,18 @@
 """torch.compile for phasecode's kernels: one switch and one persistent cache.
 
 PHASECODE_COMPILE=0 runs every kernel eagerly (the same Python code). Otherwise each kernel is
-compiled once per process with dynamic shapes, so new batch and sequence sizes reuse its graph,
-and inductor's on-disk caches (compiled FX graphs, AOT-autograd graphs, the dynamic-shape
-profiles) live under phasecode's cache directory, so a second process skips code generation.
+compiled with dynamic shapes, so new batch and sequence sizes reuse its graph, and saved whole
+per call signature (``Precompiled``), so a second process neither traces nor generates code;
+inductor's own caches live under phasecode's cache directory too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -40,14 +43,16 @@ _COMPILED: dict[Callable, Callable] = {}
 # a neuron) is its own graph, and a sweep (pareto, compare) meets many in one process; past
 # dynamo's default of 8 the kernel would silently fall back to eager for every new one
 RECOMPILE_LIMIT = 64
+GUARD_FAILURE = "GuardManager check failed"
 
 
 def compiled(fn: Callable, dynamic: bool | None = True) -> Callable:
-    """``fn`` compiled (once per process), or ``fn`` itself when compiling is off.
+    """``fn`` compiled ahead of time per call signature (``Precompiled``), or ``fn`` itself
+    when compiling is off.
 
-    ``dynamic=True``: every size and int argument is symbolic from the first call. ``None``:
-    only the dims the caller marks (``mark_dynamic``) are, the rest is specialized, which makes
-    tracing, and so a warm start, cheaper for kernels with many fixed dims (heads, head size).
+    ``dynamic=True``: every size is symbolic from the first call. ``None``: only the dims the
+    caller marks (``mark_dynamic``) are, the rest is specialized, which makes tracing cheaper
+    for kernels with many fixed dims (heads, head size).
     """
     if not enabled():
         return fn
@@ -55,8 +60,128 @@ def compiled(fn: Callable, dynamic: bool | None = True) -> Callable:
         use_persistent_cache()
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-        _COMPILED[fn] = torch.compile(fn, dynamic=dynamic)
+        _COMPILED[fn] = Precompiled(fn, dynamic)
     return _COMPILED[fn]
+
+
+class Precompiled:
+    """A kernel whose compiled form is saved whole, so that a new process loads it instead of
+    tracing it again.
+
+    torch.compile's own caches keep the generated code across processes, but every process
+    still traces each function (bytecode and fake tensors: ~4-6 s for the fast path's four
+    kernels on two CPU cores, more than the cached code takes to load). Here each call
+    signature (``signature``: dtypes, devices, the sizes that are not dynamic, the values of
+    non-tensor arguments, the functions passed) is compiled once by ``aot_compile`` and saved
+    as ``compile_dir()/aot/<kernel>-<digest>.bin``, the digest also covering phasecode's
+    source and torch's version; a later process loads it (~20 ms, the first ~1 s). Should a
+    loaded kernel's guards still refuse a call, or a kernel not compile as one graph, that
+    signature falls back to ordinary ``torch.compile`` (counted in ``fallbacks``).
+    """
+
+    fallbacks = 0
+
+    def __init__(self, fn: Callable, dynamic: bool | None):
+        self.fn, self.dynamic = fn, dynamic
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self._kernels: dict[str, Callable] = {}
+        self._jit: Callable | None = None
+
+    def __call__(self, *args):
+        key = signature(args, self.dynamic is True)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = self._kernels[key] = self._load_or_compile(key, args)
+        try:
+            return kernel(*unmarked(args))
+        except RuntimeError as error:  # guards run before any work: nothing was done twice
+            if GUARD_FAILURE not in str(error):
+                raise
+            self._kernels[key] = self._fallback()
+            return self._kernels[key](*args)
+
+    def path(self, key: str) -> Path:
+        digest = hashlib.sha256(f"{key}|{source_digest()}|{torch.__version__}".encode())
+        return compile_dir() / "aot" / f"{self.name}-{digest.hexdigest()[:24]}.bin"
+
+    def _load_or_compile(self, key: str, args: tuple) -> Callable:
+        path = self.path(key)
+        try:
+            with path.open("rb") as handle:
+                return torch.compiler.load_compiled_function(handle)
+        except FileNotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - a stale or torn file: compile and replace it
+            path.unlink(missing_ok=True)
+        try:
+            with warnings.catch_warnings():  # dynamo's guard builder reads views' .grad
+                warnings.filterwarnings("ignore", ".*grad attribute of a Tensor that is not a leaf")
+                kernel = torch.compile(self.fn, fullgraph=True, dynamic=self.dynamic).aot_compile(
+                    (args, {})
+                )
+        except Exception:  # noqa: BLE001 - not one graph: torch.compile handles it
+            return self._fallback()
+        _save(kernel, path)
+        return kernel
+
+    def _fallback(self) -> Callable:
+        Precompiled.fallbacks += 1
+        if self._jit is None:
+            self._jit = torch.compile(self.fn, dynamic=self.dynamic)
+        return self._jit
+
+
+def _save(kernel, path: Path) -> None:
+    """Write through a temporary file and a rename; an unwritable cache only costs time."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kernel.save_compiled_function(str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def unmarked(value):
+    """The arguments with each dynamic-marked tensor as a fresh view without the marks: a
+    loaded kernel's guards refuse the marks (its dynamic dims are part of the kernel)."""
+    if isinstance(value, Tensor) and hasattr(value, "_has_dynamo_dim_marking"):
+        return value.as_strided(value.shape, value.stride(), value.storage_offset())
+    if isinstance(value, tuple):
+        return tuple(unmarked(v) for v in value)
+    return value
+
+
+def signature(value, all_dynamic: bool = False) -> str:
+    """What a compiled kernel specializes on, for a call's arguments: a dynamic dim counts
+    only as 0, 1 or more (dynamo specializes 0 and 1), every other size exactly."""
+    if isinstance(value, Tensor):
+        marked = getattr(value, "_dynamo_weak_dynamic_indices", set()) | getattr(
+            value, "_dynamo_dynamic_indices", set()
+        )
+        sizes = [
+            size if size <= 1 or not (all_dynamic or dim in marked) else "n"
+            for dim, size in enumerate(value.shape)
+        ]
+        return (
+            f"T({value.dtype},{value.device},{sizes},{value.is_contiguous()},{value.requires_grad})"
+        )
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(signature(v, all_dynamic) for v in value) + ")"
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
+    return repr(value)
+
+
+@cache
+def source_digest() -> str:
+    """sha256 of phasecode's source files: a saved kernel is as old as the code it traced."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def mark_dynamic(tensor: Tensor, *dims: int) -> Tensor:

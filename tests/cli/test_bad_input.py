@@ -93,6 +93,8 @@ CASES = [
     # run
     (["run", "--limit", "0"], ["--limit"]),
     (["run", "--out", "{root}/mine"], ["not empty"]),
+    (["run", "--model", "{root}/nowhere/x", "--out", "{root}/new"], ["not found"]),
+    (["run", "--model", "{root}/model", "--out", "{root}/artifact"], ["--force"]),
     # eval
     (["eval", "{root}/artifact", "--json", "{root}/mine"], ["directory"]),
     (["eval", "{root}/artifact", "--batch-size", "0"], ["--batch-size"]),

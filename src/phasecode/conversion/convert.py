@@ -1,6 +1,7 @@
 """The conversion lifecycle: prepare outliers → calibrate every site → train → spiking model.
 
-1. the prefix chosen by measurement (``inference/prefix_choice.py``); Hadamard rotations
+1. the prefix chosen by measurement (``inference/prefix_choice.py``, remembered per model by
+   ``inference/prefix_cache.py``); Hadamard rotations
    (fold norms, rotate the residual stream, online rotation before ``down_proj``, per-head
    rotations of Q/K after RoPE and of V), optionally weight quantization of the rotated
    decoder linears (``models/quantize.py``); the prefix's KV cache computed once by that ANN;
@@ -21,8 +22,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from phasecode.calibration.histograms import site_histograms
+from phasecode.calibration.observers import hooks
 from phasecode.calibration.sampling import split_samples
 from phasecode.calibration.text import read_texts, token_batches
 from phasecode.coding.table import CodeTable, concat_tables
@@ -32,18 +35,13 @@ from phasecode.conversion.sensitivity import SENSITIVITY_WINDOWS, Sensitivity, s
 from phasecode.conversion.surgery import SpikingSurgery
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix
-from phasecode.inference.prefix_choice import (
-    AUTO,
-    SELECTION_WINDOWS,
-    PrefixRequest,
-    choose_prefix,
-    measure_prefix,
-)
+from phasecode.inference.prefix_cache import choose_prefix_cached
+from phasecode.inference.prefix_choice import AUTO, SELECTION_WINDOWS, PrefixRequest, measure_prefix
 from phasecode.models.adapters import adapter_for
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
 from phasecode.models.rotation import fold_value_rotation, head_rotation, rotate_model
-from phasecode.models.sites import site_kind, spiking_sites
+from phasecode.models.sites import LM_HEAD, site_kind, spiking_sites
 from phasecode.settings import PROBS_BIAS, FitSettings, SamplingSettings
 from phasecode.training.alternating import SpikeBudget
 from phasecode.training.fit import FitResult, fit_codes, score_sites
@@ -225,7 +223,7 @@ def calibrate(
     windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
     windows = windows.to(next(model.parameters()).device)
     if prefix.mode == "auto":
-        choice = choose_prefix(model, tokenizer, windows, progress=progress)
+        choice = choose_prefix_cached(model, tokenizer, windows, progress)
         prefix_tokens, prefix_report = choice.token_ids, choice.report()
         before = choice.plain_peaks
     else:
@@ -255,8 +253,7 @@ def calibrate(
         prepared.prefix = prepare_prefix(model, spec, prepared)  # exactly as on load
     sites = [s.name for s in spiking_sites(model, lm_head)]
     observer = Observer(sites, 2 * sampling.samples, sampling.seed)
-    with prepared.surgery(model, observer, lm_head):
-        perplexity(model, windows, prepared.prefix, CALIBRATION_BATCH, progress)
+    observe_sites(model, prepared, observer, windows, lm_head, progress)
     train, heldout = split_samples(observer.samples(), sites, sampling)
     seconds = time.perf_counter() - start
     after = torch.stack([observer.down_peaks[s] for s in sites if site_kind(s) == "down"])
@@ -274,6 +271,26 @@ def calibrate(
         outliers,
         windows,
     )
+
+
+@torch.no_grad()
+def observe_sites(
+    model, prepared: Prepared, observer: Observer, windows: Tensor, lm_head: bool, progress: bool
+) -> None:
+    """The calibration forward: every site's values reach ``observer``, and no logits are
+    computed (they are not needed, and the head is ~20 % of SmolLM2's FLOPs): the head's
+    input is observed at the final norm's output, all of which it would read, and the model
+    is asked for the last position's logits only."""
+    observe_head = {}
+    if lm_head:
+        final_norm = adapter_for(model).final_norm
+        observe_head[final_norm] = lambda module, args, output: observer(LM_HEAD, output)
+    with prepared.surgery(model, observer, lm_head=False), hooks(model, observe_head, pre=False):
+        for batch in tqdm(
+            windows.split(CALIBRATION_BATCH), desc="calibration", unit="batch", disable=not progress
+        ):
+            cache = prepared.prefix.cache_for(len(batch)) if prepared.prefix is not None else None
+            model(input_ids=batch, cache=cache, use_cache=cache is not None, logits_to_keep=1)
 
 
 def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:

@@ -108,6 +108,7 @@ class PrefixChoice:
     outliers: tuple[OutlierToken, ...]
     reason: str
     plain_peaks: torch.Tensor  # [layers, windows, seq_len] of the plain model (not reported)
+    source: str = "measured"  # or "cache": read back by ``prefix_cache``
 
     def report(self) -> dict:
         """For the artifact's report: why this prefix, with each candidate's loss and peak."""
@@ -123,6 +124,7 @@ class PrefixChoice:
         return {
             "chosen": list(self.token_ids),
             "reason": self.reason,
+            "source": self.source,
             "loss_budget": LOSS_BUDGET,
             "plain": row(self.plain),
             "candidates": [row(t) for t in self.trials],

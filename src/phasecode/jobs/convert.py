@@ -32,6 +32,40 @@ def convert_job(
     """Load, convert (under an energy ``budget``: per-site T, priced spikes), save; prints the
     per-site-type summary."""
     model, tokenizer = load_placed(model_name, placement)
+    return convert_loaded(
+        model,
+        tokenizer,
+        model_name,
+        fit,
+        sampling,
+        out,
+        rotate=rotate,
+        prefix=prefix,
+        lm_head=lm_head,
+        progress=progress,
+        balance=balance,
+        weight_bits=weight_bits,
+        budget=budget,
+    )
+
+
+def convert_loaded(
+    model,
+    tokenizer,
+    model_name: str,
+    fit: FitSettings,
+    sampling: SamplingSettings,
+    out: Path,
+    rotate: bool = True,
+    prefix: PrefixRequest = AUTO,
+    lm_head: bool = True,
+    progress: bool = True,
+    balance: bool = False,
+    weight_bits: int | None = None,
+    budget: EnergyBudget | None = None,
+) -> SpikingModel:
+    """``convert_job`` on a model already loaded from ``model_name`` (and not yet changed):
+    the model becomes the returned spiking model's prepared base."""
     base = base_record(model_reference(model_name), model)
     calibrated = calibrate(
         model,
@@ -66,7 +100,8 @@ def format_conversion(report: dict) -> str:
         f"rotate={spec['rotate']}  prefix={list(spec['prefix_tokens'])}  "
         f"balance={spec.get('balance', False)}  "
         f"weight_bits={spec.get('weight_bits') or 'full'}",
-        f"prefix: {choice.get('reason', '?')}",
+        f"prefix: {choice.get('reason', '?')}"
+        + (" (an earlier measurement, from the cache)" if choice.get("source") == "cache" else ""),
         f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}",
     ]
     for kind, rows in groups.items():

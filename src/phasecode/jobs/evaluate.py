@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from torch import Tensor
+
+from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.evaluation.tasks import check_tasks, score_tasks
-from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len, perplexity
+from phasecode.inference.nll import EVAL_BATCH_SIZE, WindowNLL, check_seq_len, perplexity
+from phasecode.inference.prefix import Prefix
 from phasecode.models.placement import CPU, Placement
 
 CORPORA = ("wikitext2", "c4")
@@ -46,16 +51,40 @@ def evaluate_job(
     if sources:
         check_seq_len(model, seq_len, len(metadata["spec"]["prefix_tokens"]))
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
-
-    def score(prefix=None) -> dict:
-        return {k: perplexity(model, w, prefix, batch_size, progress) for k, w in windows.items()}
-
-    ann = score()
+    ann = score_windows(model, windows, None, batch_size, progress)
     spiking = load_spiking(artifact, model, tokenizer)
+    report = evaluate_spiking(
+        spiking, windows, ann, batch_size, progress, tasks, limit, task_batch_size
+    )
+    report["artifact"] = str(artifact)
+    report["spec"] = metadata["spec"]
+    print(format_evaluation(report))
+    return report
+
+
+def score_windows(
+    model, windows: dict[str, Tensor], prefix: Prefix | None, batch_size: int, progress: bool
+) -> dict[str, WindowNLL]:
+    """Perplexity of each corpus's windows under whatever surgery is installed."""
+    return {k: perplexity(model, w, prefix, batch_size, progress) for k, w in windows.items()}
+
+
+def evaluate_spiking(
+    spiking: SpikingModel,
+    windows: dict[str, Tensor],
+    ann: dict[str, WindowNLL],
+    batch_size: int = EVAL_BATCH_SIZE,
+    progress: bool = True,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    task_batch_size: int = 16,
+) -> dict:
+    """The prepared ANN after the prefix and the SNN on the windows the plain ANN scored as
+    ``ann`` (``evaluate_job``'s report without the artifact's name); ``tasks`` as there."""
     with spiking.analog():
-        analog = score(spiking.prefix)
+        analog = score_windows(spiking.model, windows, spiking.prefix, batch_size, progress)
     with spiking.coded():
-        snn = score(spiking.prefix)
+        snn = score_windows(spiking.model, windows, spiking.prefix, batch_size, progress)
     report = {"ppl": {}, "seconds": {"ann": 0.0, "snn": 0.0}}
     for k, w in windows.items():
         report["ppl"][k] = {
@@ -64,7 +93,7 @@ def evaluate_job(
             "ratio": snn[k].ppl / ann[k].ppl,
             "ann_prefixed": analog[k].ppl,
             "windows": len(w),
-            "seq_len": seq_len,
+            "seq_len": w.shape[1],
         }
         warn_prefix_cost(k, ann[k].ppl, analog[k].ppl)
         report["seconds"]["ann"] += ann[k].seconds
@@ -77,9 +106,7 @@ def evaluate_job(
             for mode in ("ann", "snn")
         }
         report["seconds"]["tasks"] = time.perf_counter() - start
-    report["artifact"] = str(artifact)
-    report["spec"] = metadata["spec"]
-    print(format_evaluation(report))
+    report["spec"] = asdict(spiking.spec) | {"prefix_tokens": list(spiking.spec.prefix_tokens)}
     return report
 
 
