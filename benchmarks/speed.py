@@ -5,8 +5,8 @@ On the default model converted at T=8 with 2 grains (--artifact, converted here 
   SDPA attention) and the fast path batch by batch in turn, in steady state; and the compile
   seconds of the first fast-path batch in a fresh process, with an empty (cold) and a filled
   (warm) compile cache (each in its own subprocess);
-- run: the wall time of `phasecode run` (convert + evaluate 8 windows) and its SNN/ANN
-  evaluation-time ratio (subprocess, artifact in a temporary directory);
+- run: the wall time of `phasecode run` (convert + evaluate 8 windows) with a cold and then a
+  warm cache, and its SNN/ANN evaluation-time ratio (subprocesses, temporary directories);
 - generate: greedy generation tokens/s of the ANN, the prepared ANN and the fast path, after a
   warm-up of another length, and how many graphs were compiled during the timed runs;
 - simulator: the spike-level simulator's time against T × the ANN forward and peak memory at
@@ -223,22 +223,21 @@ def fastpath_section(artifact: Path, windows_n: int) -> dict:
 
 
 def run_section() -> dict:
+    """`phasecode run` twice in fresh processes on one fresh cache directory: cold (nothing
+    cached: the GGUF dequantized, the prefix measured, every kernel compiled) and warm."""
+    with tempfile.TemporaryDirectory() as cache:
+        return {"cold": _run_once(cache), "warm": _run_once(cache)}
+
+
+def _run_once(cache: str) -> dict:
+    env = dict(os.environ, PHASECODE_CACHE=cache)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     with tempfile.TemporaryDirectory() as out:
         report = Path(out) / "eval.json"
+        command = [Path(sys.executable).parent / "phasecode", "--quiet", "run"]
+        command += ["--out", str(Path(out) / "model"), "--json", str(report)]
         start = time.perf_counter()
-        subprocess.run(
-            [
-                Path(sys.executable).parent / "phasecode",
-                "--quiet",
-                "run",
-                "--out",
-                str(Path(out) / "model"),
-                "--json",
-                str(report),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(command, check=True, capture_output=True, env=env)
         wall = time.perf_counter() - start
         seconds = json.loads(report.read_text())["seconds"]
         artifact = json.loads((Path(out) / "model" / "neurons.json").read_text())
@@ -247,6 +246,9 @@ def run_section() -> dict:
         "conversion_seconds": artifact["report"]["seconds"],
         "eval_seconds": seconds,
         "eval_ratio": seconds["snn"] / seconds["ann"],
+        # the machine's speed in the same run: the issue's 70 s target was set where the ANN
+        # scored these 8 windows in 6.5 s
+        "wall_over_ann_eval": wall / seconds["ann"],
     }
 
 
@@ -316,30 +318,36 @@ def render(results: dict) -> str:
             f"| SNN fast path | {warm['seconds']['snn']:.1f} | {warm['ppl']['snn']:.3f} |",
             "",
             f"Steady state: **SNN / ANN time {warm['time_ratio']:.2f}×**. First fast-path batch "
-            f"of a fresh process: {cold['first_batch_s']:.1f} s with an empty compile cache, of "
-            f"which **{cold['compile_s']:.1f} s** compiling (a steady batch: "
-            f"{cold['steady_batch_s']:.1f} s); {warm['first_batch_s']:.1f} s with a warm one, "
-            f"**{warm['compile_s']:.1f} s** tracing and loading the cached kernels "
-            f"(steady: {warm['steady_batch_s']:.1f} s).",
+            f"of a fresh process: {cold['first_batch_s']:.1f} s with an empty cache (a steady "
+            f"batch: {cold['steady_batch_s']:.1f} s; dynamo's compile time "
+            f"{cold['compile_s']:.1f} s); {warm['first_batch_s']:.1f} s with a warm one against "
+            f"a steady {warm['steady_batch_s']:.1f} s: **"
+            f"{warm['first_batch_s'] - warm['steady_batch_s']:.1f} s** of first-call overhead "
+            "(the saved kernels are loaded, not traced: `compile_cache.Precompiled`).",
         ]
-    if "run" in results:
-        run = results["run"]
+    if "run" in results and "warm" in results["run"]:
+        lines += ["", "## `make run` (convert + evaluate 8 windows)", ""]
+        lines += [
+            "| cache | wall s | calibration s | training s | ANN eval s | SNN eval s | "
+            "wall / ANN eval |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in ("cold", "warm"):
+            run = results["run"][name]
+            conversion, evaluation = run["conversion_seconds"], run["eval_seconds"]
+            lines.append(
+                f"| {name} | {run['wall_s']:.0f} | {conversion['calibration']:.1f} | "
+                f"{conversion['training']:.1f} | {evaluation['ann']:.1f} | "
+                f"{evaluation['snn']:.1f} | {run['wall_over_ann_eval']:.1f} |"
+            )
         lines += [
             "",
-            "## `make run`",
-            "",
-            f"Wall time {run['wall_s']:.0f} s (convert + evaluate 8 windows)"
-            + (
-                ", of which calibration {calibration:.1f} s and training {training:.1f} s".format(
-                    **run["conversion_seconds"]
-                )
-                if "conversion_seconds" in run
-                else ""
-            )
-            + "; evaluation SNN / "
-            f"ANN time {run['eval_ratio']:.2f}× ({run['eval_seconds']['snn']:.1f} s / "
-            f"{run['eval_seconds']['ann']:.1f} s; the SNN's includes its first batch's tracing and "
-            "loading of the cached kernels, since `phasecode run` is one process).",
+            "Cold: a fresh $PHASECODE_CACHE (the bundled GGUF dequantized, the prefix measured, "
+            "every kernel compiled); warm: the same command again. The SNN's evaluation time "
+            "includes its first batch (loading the saved kernels). The last column is the wall "
+            "time in units of the same run's ANN evaluation of the 8 windows, i.e. of the "
+            "machine's speed at the time: issue 11 asked for ≤ 70 s where that evaluation took "
+            "6.5 s, a ratio of 10.8 (from 15.8).",
         ]
     if "generate" in results:
         gen = results["generate"]

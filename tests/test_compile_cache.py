@@ -88,14 +88,26 @@ def test_a_refused_call_falls_back_to_torch_compile(monkeypatch, tmp_path):
 
 def test_the_signature_keeps_what_a_kernel_specializes_on():
     x = torch.randn(4, 6)
+    cpu = torch.device("cpu")
     assert compile_cache.signature((x, 3, None), all_dynamic=True) == (
-        "(T(torch.float32,cpu,['n', 'n'],True,False),3,None)"
+        (torch.float32, cpu, ("n", "n"), True, False),
+        3,
+        None,
     )
-    assert "[4, 6]" in compile_cache.signature((x,))  # no dim marked: all sizes exact
+    assert compile_cache.signature((x,))[0][2] == (4, 6)  # no dim marked: all sizes exact
     marked = compile_cache.mark_dynamic(torch.randn(4, 6), 0)
-    assert "['n', 6]" in compile_cache.signature((marked,))
-    assert "[1, 6]" in compile_cache.signature((compile_cache.mark_dynamic(x[:1], 0),))
-    assert compile_cache.signature((_affine,)) == f"({__name__}._affine)"
-    assert "torch.float64" in compile_cache.signature((x.double(),))
+    assert compile_cache.signature((marked,))[0][2] == ("n", 6)
+    assert compile_cache.signature((compile_cache.mark_dynamic(x[:1], 0),))[0][2] == (1, 6)
+    assert compile_cache.signature((_affine,)) == (f"{__name__}._affine",)
+    assert compile_cache.signature((x.double(),))[0][0] == torch.float64
+    assert compile_cache.signature((x.t(),))[0][3] is False  # not contiguous
     unmarked = compile_cache.unmarked((marked, 2))
     assert not hasattr(unmarked[0], "_has_dynamo_dim_marking") and torch.equal(unmarked[0], marked)
+
+
+def test_a_tuple_passed_again_keeps_its_signature_and_a_new_one_gets_its_own():
+    neuron = (torch.randn(8), 8, False)
+    first = compile_cache.signature((neuron,))
+    assert compile_cache.signature((neuron,)) == first
+    other = (torch.randn(8, dtype=torch.float64), 8, False)
+    assert compile_cache.signature((other,)) != first

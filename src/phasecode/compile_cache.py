@@ -84,7 +84,7 @@ class Precompiled:
     def __init__(self, fn: Callable, dynamic: bool | None):
         self.fn, self.dynamic = fn, dynamic
         self.name = f"{fn.__module__}.{fn.__qualname__}"
-        self._kernels: dict[str, Callable] = {}
+        self._kernels: dict[tuple, Callable] = {}
         self._jit: Callable | None = None
 
     def __call__(self, *args):
@@ -100,11 +100,11 @@ class Precompiled:
             self._kernels[key] = self._fallback()
             return self._kernels[key](*args)
 
-    def path(self, key: str) -> Path:
-        digest = hashlib.sha256(f"{key}|{source_digest()}|{torch.__version__}".encode())
+    def path(self, key: tuple) -> Path:
+        digest = hashlib.sha256(f"{key!r}|{source_digest()}|{torch.__version__}".encode())
         return compile_dir() / "aot" / f"{self.name}-{digest.hexdigest()[:24]}.bin"
 
-    def _load_or_compile(self, key: str, args: tuple) -> Callable:
+    def _load_or_compile(self, key: tuple, args: tuple) -> Callable:
         path = self.path(key)
         try:
             with path.open("rb") as handle:
@@ -152,25 +152,39 @@ def unmarked(value):
     return value
 
 
-def signature(value, all_dynamic: bool = False) -> str:
-    """What a compiled kernel specializes on, for a call's arguments: a dynamic dim counts
-    only as 0, 1 or more (dynamo specializes 0 and 1), every other size exactly."""
+# A call's tuples are mostly the same objects every time (a neuron's fused arguments), so their
+# signatures are remembered by identity (the entry holds the tuple, so its id stays its own).
+# A tensor in one that changed dtype or size since would only fail the kernel's guards, and the
+# call then runs through torch.compile (``Precompiled.__call__``).
+TUPLE_MEMORY = 1024
+_TUPLE_SIGNATURES: dict[tuple[int, bool], tuple[tuple, tuple]] = {}
+
+
+def signature(value, all_dynamic: bool = False) -> tuple | str | int | float | bool | None:
+    """What a compiled kernel specializes on, for a call's arguments (hashable, cheap: it is
+    taken on every call): per tensor its dtype, device, contiguity, whether it needs a
+    gradient, and its sizes, a dynamic dim only as 0, 1 or more ("n": dynamo specializes 0 and
+    1); the values of other arguments; a function's qualified name."""
     if isinstance(value, Tensor):
-        marked = getattr(value, "_dynamo_weak_dynamic_indices", set()) | getattr(
-            value, "_dynamo_dynamic_indices", set()
-        )
-        sizes = [
+        marks = value.__dict__
+        marked = marks.get("_dynamo_weak_dynamic_indices", ()) if marks else ()
+        sizes = tuple(
             size if size <= 1 or not (all_dynamic or dim in marked) else "n"
             for dim, size in enumerate(value.shape)
-        ]
-        return (
-            f"T({value.dtype},{value.device},{sizes},{value.is_contiguous()},{value.requires_grad})"
         )
-    if isinstance(value, (tuple, list)):
-        return "(" + ",".join(signature(v, all_dynamic) for v in value) + ")"
+        return (value.dtype, value.device, sizes, value.is_contiguous(), value.requires_grad)
+    if isinstance(value, tuple):
+        remembered = _TUPLE_SIGNATURES.get((id(value), all_dynamic))
+        if remembered is not None and remembered[0] is value:
+            return remembered[1]
+        key = tuple(signature(v, all_dynamic) for v in value)
+        if len(_TUPLE_SIGNATURES) >= TUPLE_MEMORY:
+            _TUPLE_SIGNATURES.clear()
+        _TUPLE_SIGNATURES[(id(value), all_dynamic)] = (value, key)
+        return key
     if callable(value):
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
-    return repr(value)
+    return value
 
 
 @cache

@@ -22,7 +22,6 @@ from phasecode.training.neurons import (
 )
 from phasecode.training.scale_fit import fit_scale, fit_tau
 from phasecode.training.search import search_allocation
-from phasecode.training.surrogate import SigmoidSurrogate
 from phasecode.training.uniform import best_step, grid_quantize
 from phasecode.training.yardstick import (
     MAX_LEVELS,
@@ -52,36 +51,6 @@ def _random_table(sites: int, timesteps: int, seed: int) -> CodeTable:
 
 
 # ---------------------------------------------------------------- surrogate
-
-
-def test_surrogate_forward_is_exact_step():
-    width = torch.rand(3, 4, generator=_gen(0), dtype=F64) + 0.1
-    step = SigmoidSurrogate(width, sharpness=4.0)
-    u = torch.randn(3, 50, generator=_gen(1), dtype=F64)
-    u[:, 0] = 0.0  # Θ(0) = 1
-    for t in range(4):
-        out = step(u, t)
-        assert torch.equal(out, (u >= 0).to(F64))
-    assert step(u, 0)[:, 0].eq(1).all()
-
-
-@pytest.mark.parametrize("sharpness", [1.0, 4.0, 10.0])
-def test_surrogate_backward_is_scaled_sigmoid_derivative(sharpness):
-    width = torch.rand(3, 5, generator=_gen(2), dtype=F64) + 0.05
-    width[1] *= -1  # the width is taken in absolute value
-    step = SigmoidSurrogate(width, sharpness=sharpness)
-    for t in range(5):
-        u = (torch.randn(3, 4, 6, generator=_gen(t), dtype=F64) * 0.3).requires_grad_()
-        upstream = torch.randn(3, 4, 6, generator=_gen(10 + t), dtype=F64)
-        (step(u, t) * upstream).sum().backward()
-        k = (sharpness / width[:, t].abs())[:, None, None]
-        sig = torch.sigmoid(k * u.detach())
-        expect = upstream * k * sig * (1 - sig)
-        torch.testing.assert_close(u.grad, expect, rtol=1e-12, atol=1e-14)
-        # Equivalently, the gradient of the smooth step σ(k·u).
-        u_smooth = u.detach().clone().requires_grad_()
-        (torch.sigmoid(k * u_smooth) * upstream).sum().backward()
-        torch.testing.assert_close(u.grad, u_smooth.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_surrogate_values_carry_exact_values_and_true_scale_gradient():

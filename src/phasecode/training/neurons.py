@@ -23,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from phasecode.coding.baselines import las
-from phasecode.coding.neuron import fire_steps, heaviside
 from phasecode.coding.table import UNLIMITED, CodeTable, PhaseBases, phase_weights
-from phasecode.training.surrogate import SigmoidSurrogate
+from phasecode.training.dynamics import spike_train, surrogate_dynamics
 
 MIN_BASE = 1.0 + 1e-3  # B must stay > 1 so that d(t) decreases with t
 
@@ -129,26 +128,7 @@ class PhaseNeurons(nn.Module):
     def surrogate_values(self, magnitude: Tensor, sharpness: float) -> tuple[Tensor, Tensor]:
         """SN(|x|) with surrogate gradients for θ, h (and true ones for d), and the spike count
         per sample [S, N] with the same surrogate gradient (for the energy term)."""
-        table = self.table()
-        step = _Counting(SigmoidSurrogate(table.weight, sharpness))
-        out = torch.zeros_like(magnitude)
-        for t, s in enumerate(fire_steps(magnitude, table, step)):
-            out = out + table.weight[:, t, None] * s
-        return out, step.count
-
-
-class _Counting:
-    """A step function that also sums what it returns: every Θ the dynamics evaluate is one
-    possible spike (θ⁺ and θ⁻ apart), so the sum is the spike count, differentiable through
-    the surrogate even where no spike fired."""
-
-    def __init__(self, step: SigmoidSurrogate):
-        self.step, self.count = step, 0.0
-
-    def __call__(self, u: Tensor, t: int) -> Tensor:
-        s = self.step(u, t)
-        self.count = self.count + s
-        return s
+        return surrogate_dynamics(magnitude, self.table(), sharpness)
 
 
 class SpikeMoments(NamedTuple):
@@ -175,7 +155,7 @@ def spike_statistics(
     itself the quadratic (dᵀE[s] − E[|x|])², to each site's loss.
     """
     with torch.no_grad():
-        s = torch.stack(list(fire_steps(magnitude, table, heaviside)), 1)  # [S, T, N]
+        s = spike_train(magnitude, table)  # [S, T, N]
         n = magnitude.shape[1]
         ws = s if weight is None else s * weight[:, None, :]
         gram = ws @ s.transpose(1, 2) / n

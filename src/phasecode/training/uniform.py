@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from phasecode import compile_cache
+from phasecode.compile_cache import mark_dynamic
 from phasecode.training.objective import squared_error
 
 
@@ -15,6 +17,24 @@ def grid_quantize(magnitude: Tensor, step: Tensor, levels: int, rounding: bool) 
     s = step[:, None]
     index = magnitude / s + (0.5 if rounding else 0.0)
     return index.floor().clamp(max=levels - 1) * s
+
+
+def grid_error(
+    magnitude: Tensor, step: Tensor, levels: int, rounding: bool, weight: Tensor | None = None
+) -> Tensor:
+    """[S] (weighted) MSE of the grid of ``step`` [S] on ``magnitude`` [S, N], as one fused
+    pass when compiled (the step search evaluates 72 grids per site)."""
+    kernel = compile_cache.compiled(_grid_error, dynamic=None)
+    magnitude = mark_dynamic(magnitude.detach(), 0, 1)
+    step = mark_dynamic(step.detach(), 0)
+    weight = None if weight is None else mark_dynamic(weight.detach(), 0, 1)
+    return kernel(magnitude, step, levels, rounding, weight)
+
+
+def _grid_error(
+    magnitude: Tensor, step: Tensor, levels: int, rounding: bool, weight: Tensor | None
+) -> Tensor:
+    return squared_error(grid_quantize(magnitude, step, levels, rounding), magnitude, weight)
 
 
 def best_step(
@@ -36,11 +56,7 @@ def best_step(
         logs = lo[:, None] + (hi - lo)[:, None] * frac  # [S, G]
         errors = torch.stack(
             [
-                squared_error(
-                    grid_quantize(magnitude, top * logs[:, j].exp(), levels, rounding),
-                    magnitude,
-                    weight,
-                )
+                grid_error(magnitude, top * logs[:, j].exp(), levels, rounding, weight)
                 for j in range(grid)
             ],
             1,
