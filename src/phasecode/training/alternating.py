@@ -240,8 +240,11 @@ class _Loss:
         parts = 1 if size is None else max(1, round(self.magnitude.shape[1] / size))
         if parts == 1:
             return [self]
-        magnitudes = self.magnitude.tensor_split(parts, dim=1)
-        weights = [None] * parts if self.weight is None else self.weight.tensor_split(parts, dim=1)
+        # contiguous copies: the fused kernels take one memory layout (training/dynamics.py)
+        magnitudes = [m.contiguous() for m in self.magnitude.tensor_split(parts, dim=1)]
+        weights = [None] * parts
+        if self.weight is not None:
+            weights = [w.contiguous() for w in self.weight.tensor_split(parts, dim=1)]
         return [
             _Loss(magnitude, self.price, weight, self.bias)
             for magnitude, weight in zip(magnitudes, weights, strict=True)

@@ -47,7 +47,8 @@ def spike_train(magnitude: Tensor, table: CodeTable) -> Tensor:
     _check_trainable(magnitude, table)
     negative = table.negative_threshold if table.signed else table.threshold
     kernel = compile_cache.compiled(_spike_train, dynamic=None)
-    return kernel(*_dynamic(magnitude, table.threshold, negative, table.reset), table.signed)
+    per_site = _per_site(table.threshold, negative, table.reset)
+    return kernel(*_samples(magnitude), *per_site, table.signed)
 
 
 def _check_trainable(magnitude: Tensor, table: CodeTable) -> None:
@@ -57,18 +58,23 @@ def _check_trainable(magnitude: Tensor, table: CodeTable) -> None:
         raise ValueError("training tables fire up to their T: no spike budget, one T per site")
 
 
-def _dynamic(*tensors: Tensor) -> list[Tensor]:
-    """Sites and samples are any number; T (dim 1 of the [S, T] parameters) is fixed."""
-    return [mark_dynamic(t, *range(t.dim() - 1)) if t.dim() > 1 else t for t in tensors]
+def _samples(*tensors: Tensor) -> list[Tensor]:
+    """[S, N] tensors as one kernel takes every shape: sites and samples are any number, and
+    contiguous (a slice of the samples is a strided view: another signature, another compile)."""
+    return [mark_dynamic(t.detach().contiguous(), 0, 1) for t in tensors]
+
+
+def _per_site(*tensors: Tensor) -> list[Tensor]:
+    """[S, T] parameters: any number of sites, T fixed (the kernels unroll their T steps)."""
+    return [mark_dynamic(t.detach(), 0) for t in tensors]
 
 
 class _SurrogateDynamics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, magnitude, threshold, negative, reset, weight, k, signed: bool):
         kernel = compile_cache.compiled(_forward, dynamic=None)
-        args = _dynamic(magnitude.detach(), threshold.detach(), negative.detach())
-        args += _dynamic(reset.detach(), weight.detach())
-        out, count = kernel(*args, signed)
+        per_site = _per_site(threshold, negative, reset, weight)
+        out, count = kernel(*_samples(magnitude), *per_site, signed)
         ctx.save_for_backward(magnitude, threshold, negative, reset, weight, k)
         ctx.signed = signed
         return out, count
@@ -76,8 +82,10 @@ class _SurrogateDynamics(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_count):
         kernel = compile_cache.compiled(_backward, dynamic=None)
-        tensors = [t.detach() for t in (*ctx.saved_tensors, grad_out, grad_count)]
-        grads = kernel(*_dynamic(*tensors), ctx.signed)
+        magnitude, *parameters = ctx.saved_tensors
+        (magnitude,) = _samples(magnitude)
+        grad_out, grad_count = _samples(grad_out, grad_count)
+        grads = kernel(magnitude, *_per_site(*parameters), grad_out, grad_count, ctx.signed)
         threshold, negative, reset, weight = grads
         return None, threshold, negative if ctx.signed else None, reset, weight, None, None
 
