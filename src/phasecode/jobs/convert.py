@@ -20,33 +20,13 @@ def convert_job(
     fit: FitSettings,
     sampling: SamplingSettings,
     out: Path,
-    rotate: bool = True,
-    prefix: PrefixRequest = AUTO,
-    lm_head: bool = True,
-    progress: bool = True,
-    balance: bool = False,
-    weight_bits: int | None = None,
     placement: Placement = CPU,
-    budget: EnergyBudget | None = None,
+    **options,
 ) -> SpikingModel:
-    """Load, convert (under an energy ``budget``: per-site T, priced spikes), save; prints the
-    per-site-type summary."""
+    """Load ``model_name`` where ``placement`` says, then ``convert_loaded`` it (``options``:
+    that function's keyword arguments)."""
     model, tokenizer = load_placed(model_name, placement)
-    return convert_loaded(
-        model,
-        tokenizer,
-        model_name,
-        fit,
-        sampling,
-        out,
-        rotate=rotate,
-        prefix=prefix,
-        lm_head=lm_head,
-        progress=progress,
-        balance=balance,
-        weight_bits=weight_bits,
-        budget=budget,
-    )
+    return convert_loaded(model, tokenizer, model_name, fit, sampling, out, **options)
 
 
 def convert_loaded(
@@ -64,8 +44,9 @@ def convert_loaded(
     weight_bits: int | None = None,
     budget: EnergyBudget | None = None,
 ) -> SpikingModel:
-    """``convert_job`` on a model already loaded from ``model_name`` (and not yet changed):
-    the model becomes the returned spiking model's prepared base."""
+    """Convert (under an energy ``budget``: per-site T, priced spikes) a model already loaded
+    from ``model_name`` and not yet changed, which becomes the spiking model's prepared base;
+    save it and print the per-site-type summary."""
     base = base_record(model_reference(model_name), model)
     calibrated = calibrate(
         model,
