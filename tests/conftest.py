@@ -56,13 +56,17 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(autouse=True, scope="session")
 def _test_environment(tmp_path_factory):
     """Every test tensor is tiny: one intra-op thread (two spin ~30x slower on a busy 2-core
-    machine), and the neuron kernel runs eagerly (tests/test_surgery.py checks the compiled one,
-    which costs a compilation). phasecode's cache is the session's own, so no test reads back
-    what an earlier run remembered (a prefix choice) and the user's cache stays untouched."""
+        machine), and the neuron kernel runs eagerly (tests/test_surgery.py checks the compiled one,
+        which costs a compilation). phasecode's cache is the session's own, so no test reads back
+        what an earlier run remembered (a prefix choice) and the user's cache stays untouched. ANN
+    scores are not remembered, so a test comparing two evaluations compares two measurements."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PHASECODE_COMPILE", "0")
         patch.setenv("PHASECODE_CACHE", str(tmp_path_factory.mktemp("phasecode-cache")))
+        patch.setenv(
+            "PHASECODE_SCORE_CACHE", "0"
+        )  # every test measures; tests/inference turn it on
         yield
     torch.set_num_threads(threads)

@@ -240,3 +240,19 @@ def test_convert_a_missing_model(files, tmp_path, capsys):
     code = main(_convert_argv(missing, files / "calib.jsonl", tmp_path / "out"))
     _assert_user_error(capsys, code, "not found", "no/such/model")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_eval_reads_the_anns_scores_back(artifact, files, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PHASECODE_SCORE_CACHE", "1")
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path / "cache"))
+    rows = []
+    for name in ("first.json", "second.json"):
+        argv = _eval_argv(artifact[1], files / "eval.txt", "--json", tmp_path / name)
+        assert main(argv) == 0
+        rows.append(json.loads((tmp_path / name).read_text())["ppl"][str(files / "eval.txt")])
+    first, second = rows
+    assert first["ann_source"] == first["ann_prefixed_source"] == "measured"
+    assert second["ann_source"] == second["ann_prefixed_source"] == "cache"
+    assert "from the cache" in capsys.readouterr().out
+    for key in ("ann", "ann_prefixed", "snn"):
+        assert second[key] == first[key], key

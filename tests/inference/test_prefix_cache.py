@@ -71,7 +71,7 @@ def test_other_weights_windows_or_rules_are_measured_again(monkeypatch, tiny_mod
 def test_an_unreadable_entry_is_measured_and_rewritten(monkeypatch, tiny_model, tiny_tokenizer):
     model, windows = _model(tiny_model), _windows(tiny_tokenizer)
     choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
-    (entry,) = (prefix_cache.cache_dir() / "prefix-choice").glob("*.json")
+    (entry,) = prefix_cache.CHOICES.path("any").parent.glob("*.json")
     entry.write_text('{"format": 1, "token_ids": [')  # a crash mid-write, by another tool
     calls = _counting(monkeypatch)
     again = choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
@@ -85,4 +85,4 @@ def test_the_cache_can_be_switched_off(monkeypatch, tiny_model, tiny_tokenizer):
     for _ in range(2):
         choice = choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
         assert choice.source == "measured"
-    assert not (prefix_cache.cache_dir() / "prefix-choice").exists()
+    assert not prefix_cache.CHOICES.path("any").parent.exists()

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.evaluation.perplexity import load_corpus, token_windows
     from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len
     from phasecode.inference.prefix_choice import MAX_PREFIX_TOKENS
+    from phasecode.inference.score_cache import PLAIN
     from phasecode.jobs.convert import convert_loaded
     from phasecode.jobs.evaluate import evaluate_spiking, format_evaluation, score_windows
     from phasecode.models.placement import load_placed
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_placed(args.model, where)
     check_seq_len(model, SEQ_LEN, MAX_PREFIX_TOKENS)
     windows = {"wikitext2": token_windows(tokenizer, load_corpus("wikitext2"), SEQ_LEN, args.limit)}
-    ann = score_windows(model, windows, None, EVAL_BATCH_SIZE, progress)
+    ann = score_windows(model, windows, None, EVAL_BATCH_SIZE, progress, PLAIN)
     spiking = convert_loaded(
         model,
         tokenizer,

@@ -37,6 +37,7 @@ from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix
 from phasecode.inference.prefix_cache import choose_prefix_cached
 from phasecode.inference.prefix_choice import AUTO, SELECTION_WINDOWS, PrefixRequest, measure_prefix
+from phasecode.measurement_cache import tensor_digest
 from phasecode.models.adapters import adapter_for
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
@@ -137,6 +138,20 @@ class SpikingModel:
     def analog(self) -> SpikingSurgery:
         """The prepared ANN (rotations applied, no neurons), for sanity checks."""
         return self.surgery(Passthrough())
+
+    def analog_identity(self) -> dict:
+        """What ``analog()``'s forward computes besides the (rotated) weights and the prefix:
+        the online rotations and the balancing scales, for remembered scores
+        (``inference.score_cache``)."""
+        scales = self.silu_scales
+        return {
+            "model": "prepared ANN",
+            "rotate": self.spec.rotate,
+            "rotation_seed": self.spec.rotation_seed,
+            "rotate_heads": self.spec.rotate_heads,
+            "weight_bits": self.spec.weight_bits,
+            "silu_scales": None if scales is None else tensor_digest(scales),
+        }
 
     def surgery(self, handler: SiteHandler) -> SpikingSurgery:
         """Any handler on this model's sites, with its rotations and balancing."""

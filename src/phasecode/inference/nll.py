@@ -37,6 +37,7 @@ class WindowNLL:
     nll: torch.Tensor  # float64 [n]
     tokens: torch.Tensor  # long [n]
     seconds: float
+    source: str = "measured"  # or "cache": read back by ``score_cache`` (seconds then too)
 
     @property
     def mean_nll(self) -> float:

@@ -15,6 +15,7 @@ from phasecode.coding.neuron import mask_window
 from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
+from phasecode.inference.score_cache import PLAIN, perplexity_cached
 from phasecode.jobs.simulate import sample_tokens, simulate
 from phasecode.models.placement import CPU, Placement
 from phasecode.simulation.counting import Counter, OpCount
@@ -40,7 +41,7 @@ def energy_job(
     corpus = load_corpus(text)
     model, tokenizer = load_base_model(metadata, placement.device, placement.dtype)
     ppl_windows = token_windows(tokenizer, corpus, seq_len, windows)
-    ann_ppl = perplexity(model, ppl_windows, progress=progress).ppl
+    ann_ppl = perplexity_cached(model, ppl_windows, None, 1, progress, PLAIN).ppl
     spiking = load_spiking(artifact, model, tokenizer)
     ids = sample_tokens(spiking, tokens, text)
 

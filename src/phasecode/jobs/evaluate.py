@@ -17,6 +17,7 @@ from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.evaluation.tasks import check_tasks, score_tasks
 from phasecode.inference.nll import EVAL_BATCH_SIZE, WindowNLL, check_seq_len, perplexity
 from phasecode.inference.prefix import Prefix
+from phasecode.inference.score_cache import PLAIN, perplexity_cached
 from phasecode.models.placement import CPU, Placement
 
 CORPORA = ("wikitext2", "c4")
@@ -51,7 +52,7 @@ def evaluate_job(
     if sources:
         check_seq_len(model, seq_len, len(metadata["spec"]["prefix_tokens"]))
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
-    ann = score_windows(model, windows, None, batch_size, progress)
+    ann = score_windows(model, windows, None, batch_size, progress, PLAIN)
     spiking = load_spiking(artifact, model, tokenizer)
     report = evaluate_spiking(
         spiking, windows, ann, batch_size, progress, tasks, limit, task_batch_size
@@ -63,10 +64,22 @@ def evaluate_job(
 
 
 def score_windows(
-    model, windows: dict[str, Tensor], prefix: Prefix | None, batch_size: int, progress: bool
+    model,
+    windows: dict[str, Tensor],
+    prefix: Prefix | None,
+    batch_size: int,
+    progress: bool,
+    ann: dict | None = None,
 ) -> dict[str, WindowNLL]:
-    """Perplexity of each corpus's windows under whatever surgery is installed."""
-    return {k: perplexity(model, w, prefix, batch_size, progress) for k, w in windows.items()}
+    """Perplexity of each corpus's windows under whatever surgery is installed. An ANN's
+    scores (``ann``: what its forward computes besides the weights, see
+    ``inference.score_cache``) are read back when they were measured before."""
+    if ann is None:
+        return {k: perplexity(model, w, prefix, batch_size, progress) for k, w in windows.items()}
+    return {
+        k: perplexity_cached(model, w, prefix, batch_size, progress, ann)
+        for k, w in windows.items()
+    }
 
 
 def evaluate_spiking(
@@ -82,7 +95,9 @@ def evaluate_spiking(
     """The prepared ANN after the prefix and the SNN on the windows the plain ANN scored as
     ``ann`` (``evaluate_job``'s report without the artifact's name); ``tasks`` as there."""
     with spiking.analog():
-        analog = score_windows(spiking.model, windows, spiking.prefix, batch_size, progress)
+        analog = score_windows(
+            spiking.model, windows, spiking.prefix, batch_size, progress, spiking.analog_identity()
+        )
     with spiking.coded():
         snn = score_windows(spiking.model, windows, spiking.prefix, batch_size, progress)
     report = {"ppl": {}, "seconds": {"ann": 0.0, "snn": 0.0}}
@@ -92,6 +107,8 @@ def evaluate_spiking(
             "snn": snn[k].ppl,
             "ratio": snn[k].ppl / ann[k].ppl,
             "ann_prefixed": analog[k].ppl,
+            "ann_source": ann[k].source,
+            "ann_prefixed_source": analog[k].source,
             "windows": len(w),
             "seq_len": w.shape[1],
         }
@@ -140,7 +157,16 @@ def format_evaluation(report: dict) -> str:
                 f"{name:<12}{row['windows']:>8}{row['ann']:>10.3f}{row['ann_prefixed']:>12.3f}"
                 f"{row['snn']:>10.3f}{row['ratio']:>9.4f}"
             )
-        lines.append(f"time: ANN {s['ann']:.1f} s, SNN (fast path) {s['snn']:.1f} s")
+        remembered = any(row.get("ann_source") == "cache" for row in report["ppl"].values())
+        lines.append(
+            f"time: ANN {s['ann']:.1f} s"
+            + (
+                " (an earlier measurement: the ANN's scores came from the cache)"
+                if remembered
+                else ""
+            )
+            + f", SNN (fast path) {s['snn']:.1f} s"
+        )
     if "tasks" in report:
         lines += format_tasks(report["tasks"], report["tasks_average"])
         lines.append(f"time: tasks (ANN+prefix and SNN) {s['tasks']:.1f} s")

@@ -1,0 +1,84 @@
+"""An ANN's perplexity on given windows, remembered.
+
+Every evaluation of a converted model repeats the same baselines: ``run`` scores the plain
+ANN and the prepared ANN (rotated, after the prefix) on its windows each time, and ``eval``
+or ``energy`` of every artifact of one model scores the plain ANN again. Those scores depend
+only on the weights, the windows, the prefix, the batch size (other GEMM shapes round
+differently), the device, dtype and attention implementation, torch and phasecode's code, so
+a later evaluation reads them back. The spiking model is always measured.
+
+``PHASECODE_SCORE_CACHE=0`` measures every time. Entries are JSON under
+$PHASECODE_CACHE/window-scores/ (``measurement_cache``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from phasecode.compile_cache import source_digest
+from phasecode.inference.nll import WindowNLL, perplexity
+from phasecode.inference.prefix import Prefix
+from phasecode.measurement_cache import MeasurementCache, model_facts, tensor_digest
+
+SCORES = MeasurementCache("window-scores", "PHASECODE_SCORE_CACHE", format=1)
+PLAIN = {"model": "plain"}  # the ANN as loaded, with no surgery installed
+
+
+def perplexity_cached(
+    model: nn.Module,
+    windows: torch.LongTensor,
+    prefix: Prefix | None,
+    batch_size: int,
+    progress: bool,
+    forward: dict,
+) -> WindowNLL:
+    """``perplexity``, or its earlier result for the same model and windows. ``forward`` says
+    what the forward computes besides the weights (``PLAIN``, or a prepared ANN's rotations
+    and balancing: ``SpikingModel.analog_identity``); it must not be a spiking surgery."""
+    if not SCORES.enabled():
+        return perplexity(model, windows, prefix, batch_size, progress)
+    key = score_key(model, windows, prefix, batch_size, forward)
+    stored = _decode(SCORES.read(key))
+    if stored is not None:
+        return stored
+    scored = perplexity(model, windows, prefix, batch_size, progress)
+    SCORES.write(
+        key,
+        {"nll": scored.nll.tolist(), "tokens": scored.tokens.tolist(), "seconds": scored.seconds},
+    )
+    return scored
+
+
+def score_key(
+    model: nn.Module,
+    windows: torch.Tensor,
+    prefix: Prefix | None,
+    batch_size: int,
+    forward: dict,
+) -> str:
+    """The entry's name: a digest of everything the scores depend on (module docstring)."""
+    return SCORES.key(
+        model_facts(model)
+        | {
+            "windows": tensor_digest(windows),
+            "prefix": None if prefix is None else list(prefix.token_ids),
+            "batch_size": batch_size,
+            "forward": forward,
+            "code": source_digest(),
+        }
+    )
+
+
+def _decode(data: dict | None) -> WindowNLL | None:
+    """The stored scores, or None when there are none or they cannot be read as scores."""
+    if data is None:
+        return None
+    try:
+        nll = torch.tensor(data["nll"], dtype=torch.float64)
+        tokens = torch.tensor(data["tokens"], dtype=torch.long)
+        if nll.dim() != 1 or nll.shape != tokens.shape:
+            return None
+        return WindowNLL(nll, tokens, float(data["seconds"]), source="cache")
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return None
