@@ -231,6 +231,30 @@ def test_a_context_runs_once_for_all_its_continuations(spiking, monkeypatch):
     assert shapes == [(1, len(requests[0][1]) - 1), (4, max(tails))]
 
 
+@pytest.mark.parametrize("analog", [True, False], ids=["ann", "snn"])
+def test_continuations_of_a_pool_of_context_batches_run_together(prefixed, analog, monkeypatch):
+    """With contexts two to a batch, a pool's continuations are sorted across its batches
+    (passes padded less than each batch's own) and score as whole windows; a pool
+    bound of 0 positions gives every context batch its own pool, as before pooling."""
+    lm = _lm(prefixed, analog, batch_size=2)
+    requests, _ = _question_requests(lm)
+    passes = {harness.POOL_POSITIONS: [], 0: []}
+    score = lm._score_tails
+    for bound, tails in passes.items():
+        monkeypatch.setattr(harness, "POOL_POSITIONS", bound)
+        monkeypatch.setattr(
+            lm, "_score_tails", lambda rows, *a, seen=tails: seen.append(rows) or score(rows, *a)
+        )
+        _scored_both_ways(lm, requests)
+    pooled, alone = passes.values()
+    padded = [
+        sum(max(len(r.tail) for r in rows) * len(rows) for rows in tails)
+        for tails in (pooled, alone)
+    ]
+    assert padded[0] < padded[1]
+    assert any(len({r.shared for r in rows}) == 2 for rows in pooled)
+
+
 def test_sliding_window_models_run_whole_windows(spiking, tiny_model, monkeypatch):
     """A sliding window's cache drops and masks keys by cache slot, which the padding between a
     context and its continuation would shift: such a model does not share contexts."""

@@ -9,12 +9,15 @@ carries a second one.
 Loglikelihood requests share their contexts: the window tokens before a request's first scored
 position run once per distinct value (a multiple-choice question's context, for all its
 choices), their keys/values are kept, and each request's remaining tokens run from a copy of
-that cache. Contexts are batched longest first, right-padded, and the continuations of a
-context batch go in batches of similar length; a continuation sees its own context's cached
-tokens only (an attention mask hides the padding between them) at the positions the full
-window would give it. Every site's neuron codes one token's values (the k/v neurons code the
-cached keys/values when attention reads them, cached or not), so this equals running each
-request's whole window, up to float32 summation order.
+that cache. Contexts are batched longest first, right-padded; the continuations of a pool of
+such batches (up to POOL_POSITIONS cached positions, so the pool's keys/values stay small)
+are sorted by length and go in batches of similar length, which pads them far less than
+batching each context batch's own continuations (measured on 300 items of the four tasks:
+34.7k instead of 48.5k continuation tokens for 29.6k real ones). A continuation sees its own
+context's cached tokens only (an attention mask hides the padding between them) at the
+positions the full window would give it. Every site's neuron codes one token's values (the
+k/v neurons code the cached keys/values when attention reads them, cached or not), so this
+equals running each request's whole window, up to float32 summation order.
 
 lm-eval 0.4.13 finds models only in its own registry, so importing this module registers
 ``phasecode`` there; the ``phasecode-lm-eval`` console script (``main``) does that and then
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -46,6 +50,10 @@ from phasecode.models.adapters import adapter_for
 MODEL_NAME = "phasecode"
 CONTEXT_FALLBACK = 2048  # context length of a config that states none
 DEFAULT_BATCH_SIZE = 16
+# cached positions (contexts × the pool's widest context, prefix included) whose keys/values a
+# pool of context batches keeps while its continuations run: ~0.4 GB for SmolLM2-135M, ~2.7 GB
+# for a 70B model with grouped KV heads; a single context batch may exceed it
+POOL_POSITIONS = 8192
 TASK_CONFIGS = Path(__file__).parent / "tasks" / "configs"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -178,8 +186,8 @@ class PhasecodeLM(TemplateLM):
             disable=disable_tqdm or not self.progress,
         )
         with self._installed(), torch.no_grad(), bar:
-            for contexts in self._context_batches(rows):
-                for row, answer in self._score_contexts(contexts):
+            for pool in self._context_pools(rows):
+                for row, answer in self._score_pool(pool):
                     results[row.index] = answer
                     if requests[row.index][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[row.index][0], answer)
@@ -253,29 +261,41 @@ class PhasecodeLM(TemplateLM):
         cut = len(inputs) - len(targets) if self._shares_contexts else 0
         return _Row(index, tuple(inputs[:cut]), inputs[cut:], targets)
 
-    def _context_batches(self, rows: list[_Row]) -> list[ContextBatch]:
+    def _context_pools(self, rows: list[_Row]) -> list[list[ContextBatch]]:
         """Rows grouped by shared tokens, in batches of batch_size contexts, longest first (so
-        a batch pads little); rows with nothing shared form their own batch, which runs after
-        the prefix alone, padding-free."""
+        a batch pads little), and consecutive batches pooled up to POOL_POSITIONS; rows with
+        nothing shared form their own pool, which runs after the prefix alone."""
         groups: dict[tuple[int, ...], list[_Row]] = {}
         for row in rows:
             groups.setdefault(row.shared, []).append(row)
-        alone: list[ContextBatch] = [[((), groups.pop(()))]] if () in groups else []
+        pools: list[list[ContextBatch]] = [[[((), groups.pop(()))]]] if () in groups else []
         ordered = sorted(groups.items(), key=lambda item: -len(item[0]))
-        size = self.batch_size
-        return alone + [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        size, contexts = self.batch_size, 0
+        for at in range(0, len(ordered), size):
+            batch = ordered[at : at + size]
+            width = self._prefix_len + len(pools[-1][0][0][0]) if contexts else 0
+            if not contexts or (contexts + len(batch)) * width > POOL_POSITIONS:
+                pools.append([])
+                contexts = 0
+            pools[-1].append(batch)
+            contexts += len(batch)
+        return pools
 
-    def _score_contexts(self, contexts: ContextBatch) -> Iterator[tuple[_Row, tuple[float, bool]]]:
-        """Run a batch of contexts once, then every row continuing them, batch_size rows per
-        pass, rows of similar tail length together."""
-        past = self._run_contexts([shared for shared, _ in contexts])
+    def _score_pool(self, pool: list[ContextBatch]) -> Iterator[tuple[_Row, tuple[float, bool]]]:
+        """Run a pool's context batches once each, then every row continuing them,
+        batch_size rows per pass, rows of similar tail length together."""
+        past = _stacked([self._run_contexts([shared for shared, _ in batch]) for batch in pool])
+        contexts = [context for batch in pool for context in batch]
         starts = [self._prefix_len + len(shared) for shared, _ in contexts]
         members = [(g, row) for g, (_, group) in enumerate(contexts) for row in group]
         members.sort(key=lambda member: -len(member[1].tail))
         for at in range(0, len(members), self.batch_size):
             picks = [g for g, _ in members[at : at + self.batch_size]]
             rows = [row for _, row in members[at : at + self.batch_size]]
-            answers = self._score_tails(rows, _rows_of(past, picks), [starts[g] for g in picks])
+            width = max(starts[g] for g in picks)
+            answers = self._score_tails(
+                rows, _rows_of(past, picks, width), [starts[g] for g in picks]
+            )
             yield from zip(rows, answers, strict=True)
 
     def _run_contexts(self, contexts: list[tuple[int, ...]]) -> KeysValues | None:
@@ -383,12 +403,34 @@ def _full_attention(model: torch.nn.Module) -> bool:
     return all(adapter.sliding_window(model.config, i) is None for i in layers)
 
 
-def _rows_of(past: KeysValues | None, picks: list[int]) -> KeysValues | None:
-    """The cached keys/values of rows `picks` (a context's row once per continuation)."""
+def _stacked(pasts: list[KeysValues | None]) -> KeysValues | None:
+    """The context batches' keys/values as one batch, each right-padded to the widest (the
+    padding is hidden like a short context's); None when there are none."""
+    if pasts[0] is None:
+        return None
+    if len(pasts) == 1:
+        return pasts[0]
+    width = max(past[0][0].shape[-2] for past in pasts)
+
+    def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[-2])) for t in tensors])
+
+    return [
+        (padded([past[i][0] for past in pasts]), padded([past[i][1] for past in pasts]))
+        for i in range(len(pasts[0]))
+    ]
+
+
+def _rows_of(past: KeysValues | None, picks: list[int], width: int) -> KeysValues | None:
+    """The first `width` cached positions of rows `picks` (a context's row once per
+    continuation)."""
     if past is None:
         return None
     index = torch.tensor(picks, device=past[0][0].device)
-    return [(keys.index_select(0, index), values.index_select(0, index)) for keys, values in past]
+    return [
+        (keys[..., :width, :].index_select(0, index), values[..., :width, :].index_select(0, index))
+        for keys, values in past
+    ]
 
 
 def _cut(text: str, until: list[str]) -> str:
