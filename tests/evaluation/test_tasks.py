@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import lm_eval
@@ -28,7 +29,9 @@ from transformers.utils import logging as hf_logging
 
 from phasecode.cli import main
 from phasecode.errors import PhasecodeError
+from phasecode.evaluation import tasks as zero_shot
 from phasecode.evaluation.tasks import TASKS, check_tasks, load_docs, run_lm_eval, score_tasks
+from phasecode.evaluation.tasks.ann_scores import task_key
 from phasecode.evaluation.tasks.data import hf_dataset
 
 BUILTIN = Path(lm_eval.__file__).parent / "tasks"
@@ -218,7 +221,8 @@ def test_score_tasks_equals_a_hand_computation(spiking):
     assert list(report) == list(TASKS)
     for task in TASKS:
         row = report[task]
-        assert set(row) == {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr"}
+        assert set(row) == {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr", "ann_source"}
+        assert row["ann_source"] == "measured"
         assert row["metric"] == ("acc" if task == "winogrande" else "acc_norm")
         assert row["n"] == len(load_docs(task))
         for mode, surgery in (("ann", spiking.analog), ("snn", spiking.coded)):
@@ -231,6 +235,41 @@ def test_score_tasks_equals_a_hand_computation(spiking):
                 assert row[f"{mode}_stderr"] == pytest.approx(100 * se)
             else:
                 assert row[f"{mode}_stderr"] is None
+
+
+def test_the_anns_accuracy_is_read_back_and_the_snn_measured(
+    spiking, monkeypatch, tmp_path, task_data
+):
+    monkeypatch.setenv("PHASECODE_SCORE_CACHE", "1")
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
+    runs = []
+    run = zero_shot.run_lm_eval
+    monkeypatch.setattr(
+        zero_shot, "run_lm_eval", lambda lm, *a: runs.append(lm.analog) or run(lm, *a)
+    )
+    first = score_tasks(spiking, ["arc_easy", "piqa"], limit=3, progress=False)
+    second = score_tasks(spiking, ["arc_easy", "piqa"], limit=3, progress=False)
+    assert runs == [True, False, False]
+    for task in ("arc_easy", "piqa"):
+        assert (first[task]["ann_source"], second[task]["ann_source"]) == ("measured", "cache")
+        assert {k: v for k, v in second[task].items() if k != "ann_source"} == {
+            k: v for k, v in first[task].items() if k != "ann_source"
+        }
+    score_tasks(spiking, ["arc_easy", "piqa"], limit=2, progress=False)  # another limit
+    assert runs[3:] == [True, False]
+    key = task_key(spiking, ["piqa"], 3, 16)
+    copy = tmp_path / "data"
+    shutil.copytree(task_data, copy)
+    monkeypatch.setenv("PHASECODE_DATA", str(copy))
+    assert task_key(spiking, ["piqa"], 3, 16) == key
+    labels = copy / "piqa" / "dev-labels.lst"
+    labels.write_text("".join(f"{1 - int(x)}\n" for x in labels.read_text().split()))
+    assert task_key(spiking, ["piqa"], 3, 16) != key
+    monkeypatch.setenv("PHASECODE_SCORE_CACHE", "0")
+    assert (
+        score_tasks(spiking, ["arc_easy"], limit=3, progress=False)["arc_easy"]["ann_source"]
+        == "measured"
+    )
 
 
 def test_limit_takes_the_first_examples(spiking):
@@ -322,7 +361,8 @@ def test_eval_tasks_json(artifact, tmp_path, capsys):
     assert report["ppl"] == {}
     assert list(report["tasks"]) == ["arc_easy", "winogrande"]
     for task, row in report["tasks"].items():
-        assert set(row) == {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr"}
+        assert set(row) == {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr", "ann_source"}
+        assert row["ann_source"] == "measured"
         assert row["n"] == 2 and 0 <= row["ann"] <= 100 and 0 <= row["snn"] <= 100
         assert f"{task:<14}{2:>6}  {row['metric']:<9}{row['ann']:>11.2f}" in printed.out
     for mode in ("ann", "snn"):

@@ -68,37 +68,51 @@ def score_tasks(
 ) -> dict[str, dict]:
     """Accuracy in percent of the prepared ANN and of the SNN on the first `limit` examples.
 
-    Returns {task: {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr"}}; `metric` is
-    the one the paper reports (acc_norm for ARC and PIQA, acc for WinoGrande); the standard
-    errors (of the mean over examples) are None for a single example.
+    Returns {task: {"ann", "snn", "n", "metric", "ann_stderr", "snn_stderr", "ann_source"}};
+    `metric` is the one the paper reports (acc_norm for ARC and PIQA, acc for WinoGrande); the
+    standard errors (of the mean over examples) are None for a single example; `ann_source`
+    says whether the ANN's run was measured or read back ("cache", ``ann_scores``).
     """
     from phasecode.evaluation.harness import PhasecodeLM
+    from phasecode.evaluation.tasks.ann_scores import ann_task_metrics
 
     names = check_tasks(tasks, limit)
-    runs = {
-        mode: run_lm_eval(
-            PhasecodeLM(
-                spiking=spiking, analog=mode == "ann", batch_size=batch_size, progress=progress
-            ),
-            names,
-            limit,
-            progress,
+
+    def measured(mode: str) -> dict[str, dict]:
+        lm = PhasecodeLM(
+            spiking=spiking, analog=mode == "ann", batch_size=batch_size, progress=progress
         )
-        for mode in ("ann", "snn")
+        return _metrics(run_lm_eval(lm, names, limit, progress), names)
+
+    ann, source = ann_task_metrics(spiking, names, limit, batch_size, lambda: measured("ann"))
+    snn = measured("snn")
+    return {
+        name: {
+            "ann": ann[name]["value"],
+            "snn": snn[name]["value"],
+            "n": snn[name]["n"],
+            "metric": METRICS[name],
+            "ann_stderr": ann[name]["stderr"],
+            "snn_stderr": snn[name]["stderr"],
+            "ann_source": source,
+        }
+        for name in names
     }
-    report = {}
+
+
+def _metrics(results: dict, names: list[str]) -> dict[str, dict]:
+    """Per task, the reported metric in percent, its standard error and the example count,
+    out of lm-eval's raw results."""
+    metrics = {}
     for name in names:
         metric, key = METRICS[name], lm_eval_name(name)
-        ann, snn = runs["ann"]["results"][key], runs["snn"]["results"][key]
-        report[name] = {
-            "ann": 100 * ann[f"{metric},none"],
-            "snn": 100 * snn[f"{metric},none"],
-            "n": runs["snn"]["n-samples"][key]["effective"],
-            "metric": metric,
-            "ann_stderr": _percent(ann.get(f"{metric}_stderr,none")),
-            "snn_stderr": _percent(snn.get(f"{metric}_stderr,none")),
+        row = results["results"][key]
+        metrics[name] = {
+            "value": 100 * row[f"{metric},none"],
+            "stderr": _percent(row.get(f"{metric}_stderr,none")),
+            "n": results["n-samples"][key]["effective"],
         }
-    return report
+    return metrics
 
 
 def _percent(stderr: Any) -> float | None:

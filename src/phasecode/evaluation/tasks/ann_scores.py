@@ -1,0 +1,85 @@
+"""The prepared ANN's zero-shot accuracy, remembered.
+
+Every ``eval --tasks`` of an artifact, and every cell of a ``compare`` grid with tasks, runs
+lm-eval twice: on the SNN and on the prepared ANN (rotated, after the prefix). The ANN's run is
+as long as the SNN's and the same for every artifact that shares the preparation, so it is
+read back when it was measured before. The key holds the weights' fingerprint (as rotated),
+the preparation (``SpikingModel.analog_identity``), the prefix, the tasks, the limit, the batch
+size, the task data files and configs, lm-eval's and torch's versions and phasecode's code.
+
+``PHASECODE_SCORE_CACHE=0`` measures every time (the switch of ``inference.score_cache``).
+Entries are JSON under $PHASECODE_CACHE/task-scores/ (``measurement_cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+from phasecode.compile_cache import source_digest
+from phasecode.evaluation.tasks.data import SOURCES
+from phasecode.measurement_cache import MeasurementCache, model_facts
+
+if TYPE_CHECKING:
+    from phasecode.conversion.convert import SpikingModel
+
+TASK_SCORES = MeasurementCache("task-scores", "PHASECODE_SCORE_CACHE", format=1)
+# per task: the reported metric's value, its standard error (None for one example) and n
+Metrics = dict[str, dict]
+
+
+def ann_task_metrics(
+    spiking: SpikingModel,
+    tasks: list[str],
+    limit: int | None,
+    batch_size: int,
+    measure: Callable[[], Metrics],
+) -> tuple[Metrics, str]:
+    """``measure()``'s metrics of the prepared ANN, or their earlier value for the same
+    model, preparation, tasks and data; with "measured" or "cache"."""
+    if not TASK_SCORES.enabled():
+        return measure(), "measured"
+    key = task_key(spiking, tasks, limit, batch_size)
+    stored = TASK_SCORES.read(key)
+    if stored is not None and _readable(stored.get("metrics"), tasks):
+        return stored["metrics"], "cache"
+    metrics = measure()
+    TASK_SCORES.write(key, {"metrics": metrics})
+    return metrics, "measured"
+
+
+def task_key(spiking: SpikingModel, tasks: list[str], limit: int | None, batch_size: int) -> str:
+    """The entry's name: a digest of everything the accuracy depends on (module docstring)."""
+    from phasecode.evaluation.harness import TASK_CONFIGS
+
+    files = hashlib.sha256()
+    for task in tasks:
+        for path in [*SOURCES[task].paths(), TASK_CONFIGS / f"phasecode_{task}.yaml"]:
+            files.update(path.name.encode() + path.read_bytes())
+    prefix = spiking.prefix
+    return TASK_SCORES.key(
+        model_facts(spiking.model)
+        | {
+            "forward": spiking.analog_identity(),
+            "prefix": None if prefix is None else list(prefix.token_ids),
+            "tasks": tasks,
+            "limit": limit,
+            "batch_size": batch_size,
+            "files": files.hexdigest(),
+            "lm_eval": version("lm_eval"),
+            "code": source_digest(),
+        }
+    )
+
+
+def _readable(metrics: object, tasks: list[str]) -> bool:
+    """Whether a stored entry has every task's value, standard error and n."""
+    return isinstance(metrics, dict) and all(
+        isinstance(metrics.get(task), dict)
+        and isinstance(metrics[task].get("value"), (int, float))
+        and isinstance(metrics[task].get("n"), int)
+        and "stderr" in metrics[task]
+        for task in tasks
+    )
