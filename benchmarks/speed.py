@@ -455,7 +455,7 @@ went from 1.33× to 1.19×, and on 16 × 60-token forwards from 1.26× to 1.12×
 Token work: the 300 items × 4 tasks are 55.5k real tokens (114.8k without shared contexts).
 Batching each context batch's own continuations padded them to 78.5k (continuations 48.5k for
 29.6k real). Continuations are now sorted across a pool of context batches (up to 8192 cached
-positions): 64.7k (continuations 34.7k); on 100 items of each task the prepared ANN took
+positions): 62.2k (continuations 32.2k); on 100 items of each task the prepared ANN took
 86.4 s instead of 102.9 s in one process (1.19×), with the same metrics."""
 
 
