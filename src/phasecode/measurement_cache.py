@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -26,6 +28,8 @@ from torch import nn
 from phasecode.artifacts import write_json_atomic
 from phasecode.errors import PhasecodeError
 from phasecode.models.loading import cache_dir, model_fingerprint
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,27 @@ class MeasurementCache:
         """Store ``data`` atomically; a cache that cannot be written is left as it is."""
         with suppress(PhasecodeError):
             write_json_atomic(self.path(key), data | {"format": self.format})
+
+    def remembered(
+        self,
+        key: Callable[[], str],
+        measure: Callable[[], T],
+        encode: Callable[[T], dict],
+        decode: Callable[[dict], T | None],
+    ) -> tuple[T, str]:
+        """``measure()``, or the value stored under ``key()``; with "measured" or "cache".
+        ``decode`` gives None for an entry it cannot read, which is measured and rewritten;
+        ``key`` is only computed when the kind is on."""
+        if not self.enabled():
+            return measure(), "measured"
+        name = key()
+        stored = self.read(name)
+        value = None if stored is None else decode(stored)
+        if value is not None:
+            return value, "cache"
+        value = measure()
+        self.write(name, encode(value))
+        return value, "measured"
 
 
 def model_facts(model: nn.Module) -> dict:

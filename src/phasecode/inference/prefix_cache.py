@@ -50,14 +50,12 @@ def choose_prefix_cached(
     progress: bool = True,
 ) -> PrefixChoice:
     """``choose_prefix``, or its earlier result for the same model, windows and rules."""
-    if not CHOICES.enabled():
-        return choose_prefix(model, tokenizer, windows, progress)
-    key = choice_key(model, tokenizer, windows)
-    stored = _decode(CHOICES.read(key))
-    if stored is not None:
-        return stored
-    choice = choose_prefix(model, tokenizer, windows, progress)
-    CHOICES.write(key, _encode(choice))
+    choice, _ = CHOICES.remembered(
+        lambda: choice_key(model, tokenizer, windows),
+        lambda: choose_prefix(model, tokenizer, windows, progress),
+        _encode,
+        _decode,
+    )
     return choice
 
 
@@ -88,10 +86,8 @@ def _trial(row: dict) -> PrefixTrial:
     return replace(PrefixTrial(**row), token_ids=tuple(row["token_ids"]))
 
 
-def _decode(data: dict | None) -> PrefixChoice | None:
-    """The stored choice, or None when there is none or it cannot be read as one."""
-    if data is None:
-        return None
+def _decode(data: dict) -> PrefixChoice | None:
+    """The stored choice, or None when it cannot be read as one."""
     try:
         return PrefixChoice(
             tuple(data["token_ids"]),

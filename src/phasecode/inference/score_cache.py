@@ -36,18 +36,13 @@ def perplexity_cached(
     """``perplexity``, or its earlier result for the same model and windows. ``forward`` says
     what the forward computes besides the weights (``PLAIN``, or a prepared ANN's rotations
     and balancing: ``SpikingModel.analog_identity``); it must not be a spiking surgery."""
-    if not SCORES.enabled():
-        return perplexity(model, windows, prefix, batch_size, progress)
-    key = score_key(model, windows, prefix, batch_size, forward)
-    stored = _decode(SCORES.read(key))
-    if stored is not None:
-        return stored
-    scored = perplexity(model, windows, prefix, batch_size, progress)
-    SCORES.write(
-        key,
-        {"nll": scored.nll.tolist(), "tokens": scored.tokens.tolist(), "seconds": scored.seconds},
+    scores, _ = SCORES.remembered(
+        lambda: score_key(model, windows, prefix, batch_size, forward),
+        lambda: perplexity(model, windows, prefix, batch_size, progress),
+        _encode,
+        _decode,
     )
-    return scored
+    return scores
 
 
 def score_key(
@@ -70,10 +65,12 @@ def score_key(
     )
 
 
-def _decode(data: dict | None) -> WindowNLL | None:
-    """The stored scores, or None when there are none or they cannot be read as scores."""
-    if data is None:
-        return None
+def _encode(scores: WindowNLL) -> dict:
+    return {"nll": scores.nll.tolist(), "tokens": scores.tokens.tolist(), "seconds": scores.seconds}
+
+
+def _decode(data: dict) -> WindowNLL | None:
+    """The stored scores, or None when they cannot be read as scores."""
     try:
         nll = torch.tensor(data["nll"], dtype=torch.float64)
         tokens = torch.tensor(data["tokens"], dtype=torch.long)

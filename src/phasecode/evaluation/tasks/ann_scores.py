@@ -39,15 +39,12 @@ def ann_task_metrics(
 ) -> tuple[Metrics, str]:
     """``measure()``'s metrics of the prepared ANN, or their earlier value for the same
     model, preparation, tasks and data; with "measured" or "cache"."""
-    if not TASK_SCORES.enabled():
-        return measure(), "measured"
-    key = task_key(spiking, tasks, limit, batch_size)
-    stored = TASK_SCORES.read(key)
-    if stored is not None and _readable(stored.get("metrics"), tasks):
-        return stored["metrics"], "cache"
-    metrics = measure()
-    TASK_SCORES.write(key, {"metrics": metrics})
-    return metrics, "measured"
+    return TASK_SCORES.remembered(
+        lambda: task_key(spiking, tasks, limit, batch_size),
+        measure,
+        lambda metrics: {"metrics": metrics},
+        lambda stored: stored["metrics"] if _readable(stored.get("metrics"), tasks) else None,
+    )
 
 
 def task_key(spiking: SpikingModel, tasks: list[str], limit: int | None, batch_size: int) -> str:
