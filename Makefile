@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/phasecode run
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -30,5 +30,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/energy.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples

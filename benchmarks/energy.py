@@ -26,8 +26,9 @@ from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
 from phasecode.jobs.convert import convert_job
-from phasecode.jobs.energy import masked_perplexity, measure
-from phasecode.jobs.simulate import sample_tokens, simulate_job
+from phasecode.api.energy import masked_perplexity, measure
+from phasecode.api.simulate import sample_tokens
+from phasecode.jobs.simulate import simulate_job
 from phasecode.models.loading import DEFAULT_MODEL, load_model
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.simulation.energy import PRESETS

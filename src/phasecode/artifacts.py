@@ -72,7 +72,12 @@ def _describe_os_error(error: OSError) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file.
+    """Write JSON atomically (``write_text_atomic``), serialised before touching the disk."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file and a rename, so a crash never leaves half a file.
 
     The temporary file has a unique name in the same directory (same filesystem, so the rename
     is atomic) and is removed on any failure; every OS failure is one PhasecodeError.
@@ -80,7 +85,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     path = Path(path)
     if path.is_dir():
         raise PhasecodeError(f"cannot write {path}: it is a directory; give a file name")
-    text = json.dumps(data, indent=2) + "\n"  # serialise before touching the disk
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -256,3 +256,50 @@ def test_a_second_eval_reads_the_anns_scores_back(artifact, files, monkeypatch, 
     assert "from the cache" in capsys.readouterr().out
     for key in ("ann", "ann_prefixed", "snn"):
         assert second[key] == first[key], key
+
+
+def test_convert_reads_a_recipe_and_the_typed_options_win(files, tmp_path, capsys):
+    """--config RECIPE: its values unless an option is typed; the artifact records the config."""
+    from phasecode.conversion.config import ConversionConfig
+
+    recipe = ConversionConfig(
+        timesteps=6, grains=3, rounds=3, prefix=None, samples=48, sequences=4, seq_len=32
+    )
+    recipe.save(tmp_path / "recipe.yaml")
+    out = tmp_path / "from-recipe"
+    argv = [
+        "convert",
+        "--model",
+        str(files / "model"),
+        "--calibration",
+        str(files / "calib.jsonl"),
+        "--config",
+        str(tmp_path / "recipe.yaml"),
+        "-T",
+        "4",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    metadata = read_spiking_metadata(out)
+    config = ConversionConfig.from_dict(metadata["report"]["config"])
+    assert config == recipe.replace(timesteps=4)
+    assert metadata["spec"]["timesteps"] == 4 and metadata["spec"]["grains"] == 3
+    assert metadata["spec"]["prefix_tokens"] == []
+
+
+@pytest.mark.parametrize(
+    "recipe, needle",
+    [
+        ("timestep: 8\n", "unknown ConversionConfig field"),
+        ("grains: 0\n", "recipe.yaml: ConversionConfig.grains"),
+    ],
+)
+def test_a_bad_recipe_is_one_line_before_any_work(files, tmp_path, capsys, recipe, needle):
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    argv = ["convert", "--model", str(files / "model"), "--quiet", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--config", str(tmp_path / "recipe.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

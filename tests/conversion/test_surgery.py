@@ -247,6 +247,37 @@ def test_remove_restores_the_model(attention):
     _assert_pristine(model, before, attention)
 
 
+def test_remove_restores_instance_forwards_installed_before():
+    """An accelerate hook (it replaces the module's forward on the instance) and a user's own
+    instance-level forward survive the surgery exactly, and still run after it."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Counting(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    model = _model("llama")
+    tokens = _tokens()
+    reference = logits(model, tokens)
+    adapter = adapter_for(model)
+    hooked = model.get_submodule(adapter.layer_path(0, adapter.mlp))
+    add_hook_to_module(hooked, Counting())
+    mine = model.get_submodule(adapter.layer_path(1, adapter.mlp))
+    original = mine.forward
+    mine.forward = lambda x: original(x)
+    forwards = (hooked.__dict__["forward"], mine.__dict__["forward"])
+    with SpikingSurgery(model, Passthrough()):
+        assert hooked.__dict__["forward"] is not forwards[0]
+        logits(model, tokens)
+    assert (hooked.__dict__["forward"], mine.__dict__["forward"]) == forwards
+    calls = Counting.calls
+    assert torch.equal(logits(model, tokens), reference)
+    assert Counting.calls == calls + 1  # the accelerate hook runs again
+
+
 def test_remove_restores_an_unset_attention_implementation():
     model = _model("llama")
     model.config._attn_implementation = None  # transformers then falls back to eager

@@ -147,15 +147,13 @@ def prefixed(request, spiking) -> SpikingModel:
 @torch.no_grad()
 def _whole_windows(lm: PhasecodeLM, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
     """The path before context sharing, one request at a time (no padding, no batch): the
-    request's whole window (``_window``: its last max_length + 1 tokens) after the prefix."""
+    request's whole window (``_window``: its last max_length + 1 tokens) after the prefix,
+    which the model injects."""
     answers = []
     with lm._installed():
         for _, context, continuation in requests:
             inputs, targets = lm._window(context, continuation)
-            cache = lm._cache(1)
-            logits = lm.spiking.model(
-                input_ids=torch.tensor([inputs]), cache=cache, use_cache=cache is not None
-            ).logits[0, -len(targets) :]
+            logits = lm.causal_lm(torch.tensor([inputs])).logits[0, -len(targets) :]
             logprobs = logits.float().log_softmax(dim=-1)
             target = torch.tensor(targets)
             picked = logprobs.gather(1, target[:, None]).squeeze(1).double().sum()
@@ -173,10 +171,7 @@ def _question_requests(lm: PhasecodeLM) -> tuple[list[TokenRequest], list[list[s
         tokens = list(ids)
         with lm._installed(), torch.no_grad():
             for _ in range(2):
-                cache = lm._cache(1)
-                logits = lm.spiking.model(
-                    input_ids=torch.tensor([tokens]), cache=cache, use_cache=cache is not None
-                ).logits
+                logits = lm.causal_lm(torch.tensor([tokens])).logits
                 tokens.append(int(logits[0, -1].argmax()))
         own = [(None, ids, tokens[-2:])]
         requests += [(None, *lm._encode_pair(context, option)) for option in options] + own

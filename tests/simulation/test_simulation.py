@@ -8,10 +8,10 @@ from helpers import CONVERTIBLE_SIZES, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
+from phasecode.api.simulate import simulation_cost
 from phasecode.conversion.convert import SpikingModel, convert
 from phasecode.inference.prefix_choice import PrefixRequest
 from phasecode.jobs.generate import greedy_fast, greedy_spiking
-from phasecode.jobs.simulate import simulation_cost
 from phasecode.models.precision import to_float64
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.simulation.counting import Counter

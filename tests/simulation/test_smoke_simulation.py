@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from phasecode.api.simulate import fast_logits, sample_tokens, simulate
 from phasecode.conversion.convert import convert
 from phasecode.conversion.store import load_spiking, save_spiking
 from phasecode.jobs.generate import encode_prompt, greedy_fast, greedy_spiking
-from phasecode.jobs.simulate import fast_logits, sample_tokens, simulate
 from phasecode.models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.training.alternating import TrainConfig

@@ -51,8 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_options(argv: list[str] | None) -> set[str]:
+    """The dests of the options typed on the command line (not left at their defaults), so
+    that they can override a recipe file."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if action.dest != "command":
+                action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.explicit = explicit_options(argv)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from phasecode.cli import options
-from phasecode.errors import PhasecodeError
 from phasecode.outputs import check_artifact_dir
-from phasecode.settings import BUDGET_MODES, EnergyBudget, FitSettings
+from phasecode.settings import BUDGET_MODES, EnergyBudget
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -47,50 +46,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="energy costs for --energy-budget: a preset (45nm-fp32, 45nm-fp16, 45nm-int8) "
         "or a JSON file",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="RECIPE",
+        help="a ConversionConfig recipe (.yaml or .json; ConversionConfig.save writes one); "
+        "options given here override it",
+    )
     parser.add_argument("--out", type=Path, required=True, help="artifact directory")
     parser.add_argument("--force", action="store_true", help="overwrite an artifact in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.convert import convert_job
+    from phasecode.simulation.energy import load_costs
 
-    fit = options.fit_settings(args)
-    budget = energy_budget(args, fit)
-    sampling = options.sampling_settings(args)
-    prefix = options.prefix_request(args)
+    config = options.conversion_config(args)
+    options.sampling_settings(args)  # the calibration file and the sampling, checked
+    if config.energy_budget is not None:
+        load_costs(config.costs)  # a bad cost file is refused before the model loads
     where = options.placement(args)
     options.check_model(args, where)
     check_artifact_dir(args.out, "spiking-model", args.force)
     convert_job(
         args.model,
-        fit,
-        sampling,
+        config,
         args.out,
-        rotate=not args.no_rotate,
-        prefix=prefix,
-        lm_head=not args.no_lm_head,
-        progress=not args.quiet,
-        balance=args.balance,
-        weight_bits=args.weight_bits,
+        args.calibration,
         placement=where,
-        budget=budget,
+        progress=not args.quiet,
     )
     return 0
-
-
-def energy_budget(args: argparse.Namespace, fit: FitSettings) -> EnergyBudget | None:
-    """The checked --energy-budget settings (None without the option)."""
-    from phasecode.simulation.energy import load_costs
-
-    if args.energy_budget is None:
-        return None
-    if fit.method != "mgpc":
-        raise PhasecodeError("--energy-budget trains its neurons: it needs --method mgpc")
-    if not 1 <= args.min_timesteps <= fit.timesteps:
-        raise PhasecodeError(
-            f"--min-timesteps must be in 1..T={fit.timesteps}, got {args.min_timesteps}"
-        )
-    load_costs(args.costs)  # a bad cost file is refused before the model loads
-    return EnergyBudget(
-        args.energy_budget, args.min_timesteps, costs=args.costs, mode=args.budget_mode
-    )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import torch
 
+from phasecode.conversion.config import ConfigError, ConversionConfig
 from phasecode.errors import PhasecodeError
 from phasecode.inference.prefix_choice import NO_PREFIX, PrefixRequest
 from phasecode.models.devices import DTYPES, resolve_device, resolve_dtype
@@ -163,6 +165,78 @@ def _value_or_word(convert, word: str, meaning, what: str):
 
 _kappa = _value_or_word(float, "auto", "auto", "a number")  # --probs-bias
 _samples = _value_or_word(int, "all", None, "a count")  # --batch-samples: all → None
+
+
+# ConversionConfig fields set by `convert`'s options: the argparse dest of each
+CONFIG_DESTS = {
+    "method": "method",
+    "timesteps": "timesteps",
+    "grains": "grains",
+    "code": "code",
+    "objective": "objective",
+    "probs_bias": "probs_bias",
+    "mode": "mode",
+    "lr_threshold": "lr_threshold",
+    "rounds": "rounds",
+    "batch_samples": "batch_samples",
+    "weight_bits": "weight_bits",
+    "samples": "samples",
+    "sequences": "sequences",
+    "seq_len": "calib_seq_len",
+    "seed": "seed",
+    "rotate": "no_rotate",
+    "lm_head": "no_lm_head",
+    "balance": "balance",
+    "energy_budget": "energy_budget",
+    "budget_mode": "budget_mode",
+    "min_timesteps": "min_timesteps",
+    "costs": "costs",
+}
+PREFIX_DESTS = ("no_prefix", "prefix", "prefix_ids")
+
+
+def conversion_config(args: argparse.Namespace) -> ConversionConfig:
+    """`convert`'s options as a ConversionConfig: the recipe of --config (if given) with the
+    options typed on the command line over it; a bad value names its option."""
+    explicit = getattr(args, "explicit", None)
+    given = {
+        field: _config_value(args, field, dest)
+        for field, dest in CONFIG_DESTS.items()
+        if explicit is None or dest in explicit
+    }
+    if explicit is None or explicit & set(PREFIX_DESTS):
+        given["prefix"] = _config_prefix(prefix_request(args))
+    recipe = {} if args.config is None else ConversionConfig.load(args.config).to_dict()
+    try:
+        return ConversionConfig.from_dict({**recipe, **given})
+    except ConfigError as err:
+        raise ConfigError(_with_flags(str(err))) from None
+
+
+def _config_value(args: argparse.Namespace, field: str, dest: str):
+    value = getattr(args, dest)
+    if dest.startswith("no_"):
+        return not value
+    if field == "probs_bias" and value == "auto":
+        return "auto"
+    return value
+
+
+def _config_prefix(request: PrefixRequest):
+    return {"auto": "auto", "none": None, "text": request.text, "ids": request.ids}[request.mode]
+
+
+def _with_flags(message: str) -> str:
+    """A config error as the CLI user typed it: ConversionConfig.seq_len → --seq-len."""
+
+    def flag(match: re.Match) -> str:
+        field = match.group(1)
+        dest = CONFIG_DESTS.get(field)
+        if dest is None or dest.startswith("no_"):
+            return match.group(0)
+        return "--seq-len" if field == "seq_len" else "--" + dest.replace("_", "-")
+
+    return re.sub(r"ConversionConfig\.(\w+)", flag, message)
 
 
 def fit_settings(args: argparse.Namespace) -> FitSettings:

@@ -12,7 +12,6 @@ from phasecode.outputs import check_artifact_dir, check_output_file, write_json_
 
 HELP = "the main job: convert a model (the default one) and evaluate it"
 DEFAULT_OUT = Path("out/smollm2-135m-T8")
-SEQ_LEN = 512  # tokens per evaluation window
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     One model load serves both: the plain ANN is scored first, then converted in place and
     evaluated as the saved artifact would be (``eval`` on it gives the same numbers)."""
-    from phasecode.evaluation.perplexity import load_corpus, token_windows
-    from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len
-    from phasecode.inference.prefix_choice import MAX_PREFIX_TOKENS
-    from phasecode.inference.score_cache import PLAIN
-    from phasecode.jobs.convert import convert_loaded
-    from phasecode.jobs.evaluate import evaluate_spiking, format_evaluation, score_windows
-    from phasecode.models.placement import load_placed
-    from phasecode.settings import FitSettings, SamplingSettings
+    from phasecode.jobs.run import run_job
 
     options.positive(args, "limit")
     where = options.placement(args)
@@ -60,23 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_output_file(args.json)
     report_dir = output_dir(out, None)
-    progress = not args.quiet
-    model, tokenizer = load_placed(args.model, where)
-    check_seq_len(model, SEQ_LEN, MAX_PREFIX_TOKENS)
-    windows = {"wikitext2": token_windows(tokenizer, load_corpus("wikitext2"), SEQ_LEN, args.limit)}
-    ann = score_windows(model, windows, None, EVAL_BATCH_SIZE, progress, PLAIN)
-    spiking = convert_loaded(
-        model,
-        tokenizer,
-        args.model,
-        FitSettings(),
-        SamplingSettings(),
-        out,
-        progress=progress,
-    )
-    report = evaluate_spiking(spiking, windows, ann, progress=progress)
-    report["artifact"] = str(out)
-    print(format_evaluation(report))
+    report = run_job(args.model, out, args.limit, where, progress=not args.quiet)
     if args.json:
         write_json_or_print(args.json, report)
     report_with_evaluation(out, report, report_dir)

@@ -34,7 +34,7 @@ from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHand
 from phasecode.conversion.sensitivity import SENSITIVITY_WINDOWS, Sensitivity, site_sensitivity
 from phasecode.conversion.surgery import SpikingSurgery
 from phasecode.inference.nll import perplexity
-from phasecode.inference.prefix import Prefix, build_prefix
+from phasecode.inference.prefix import Prefix, build_prefix, run_after
 from phasecode.inference.prefix_cache import choose_prefix_cached
 from phasecode.inference.prefix_choice import AUTO, SELECTION_WINDOWS, PrefixRequest, measure_prefix
 from phasecode.measurement_cache import tensor_digest
@@ -106,6 +106,7 @@ class SpikingModel:
     loss_curve: Tensor | None = None  # [S, steps] of training (Figure 4); None once reloaded
     loss_phases: list[str] = field(default_factory=list)
     histograms: dict[str, Tensor] = field(default_factory=dict)  # of the calibration samples
+    _coders: dict[int, Coder] = field(default_factory=dict, repr=False)
 
     @property
     def prefix(self) -> Prefix | None:
@@ -126,14 +127,20 @@ class SpikingModel:
     def coded(self, mask_strength: int = 0) -> SpikingSurgery:
         """The fast equivalent path: every site replaced by its neuron's value (with spike
         masking of ``mask_strength``, see ``coding.neuron.mask_window``)."""
-        return self.surgery(Coder(self.table, self.sites, mask_strength=mask_strength))
+        return self.surgery(self.coder(mask_strength))
+
+    def coder(self, mask_strength: int = 0) -> Coder:
+        """The neurons as a site handler, built once per masking strength (it keeps each
+        site's fused kernel arguments, so later forwards do not rebuild them)."""
+        if mask_strength not in self._coders:
+            self._coders[mask_strength] = Coder(self.table, self.sites, mask_strength=mask_strength)
+        return self._coders[mask_strength]
 
     @torch.no_grad()
     def logits(self, tokens: Tensor) -> Tensor:
         """Logits for ``tokens`` [B, S] run after the prefix, under whatever surgery is
         installed (none: the ANN's own forward)."""
-        cache = self.prefix.cache_for(len(tokens)) if self.prefix is not None else None
-        return self.model(input_ids=tokens, cache=cache, use_cache=cache is not None).logits
+        return run_after(self.model, self.prefix, tokens).logits
 
     def analog(self) -> SpikingSurgery:
         """The prepared ANN (rotations applied, no neurons), for sanity checks."""
@@ -162,6 +169,7 @@ def prepare(model, spec: ConversionSpec, silu_scales: Tensor | None = None) -> P
     """Apply the spec's rotations, weight quantization (of the rotated weights) and the given
     balancing in place, in that order on conversion and on load; build the prefix cache."""
     prepared = Prepared(silu_scales=silu_scales)
+    model.phasecode_prepared = True  # its weights are no longer the base model's
     if spec.rotate:
         prepared.down_rotation = rotate_model(model, spec.rotation_seed, online_down=True)
     if spec.rotate_heads:
@@ -228,13 +236,15 @@ def calibrate(
     balance: bool = False,
     weight_bits: int | None = None,
     rotate_heads: bool | None = None,
+    texts: list[str] | None = None,
 ) -> Calibrated:
     """Steps 1-2: prefix choice, rotations, weight quantization (``model`` is modified in
     place), then site samples of the model as prepared (so quantized weights shape them).
-    ``rotate_heads`` (default: as ``rotate``) switches the per-head Q/K/V rotations apart."""
+    ``rotate_heads`` (default: as ``rotate``) switches the per-head Q/K/V rotations apart;
+    ``texts`` (default: read from ``sampling.calibration``) are the calibration documents."""
     check_weight_bits(weight_bits)
     start = time.perf_counter()
-    texts = read_texts(sampling.calibration)
+    texts = read_texts(sampling.calibration) if texts is None else texts
     windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
     windows = windows.to(next(model.parameters()).device)
     if prefix.mode == "auto":
@@ -304,8 +314,7 @@ def observe_sites(
         for batch in tqdm(
             windows.split(CALIBRATION_BATCH), desc="calibration", unit="batch", disable=not progress
         ):
-            cache = prepared.prefix.cache_for(len(batch)) if prepared.prefix is not None else None
-            model(input_ids=batch, cache=cache, use_cache=cache is not None, logits_to_keep=1)
+            run_after(model, prepared.prefix, batch, logits_to_keep=1)
 
 
 def outlier_profile(before: Tensor, after: Tensor, prefix_length: int) -> dict:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from phasecode.inference.nll import summed_nll
-from phasecode.inference.prefix import Prefix
+from phasecode.inference.prefix import Prefix, run_after
 from phasecode.models.adapters import adapter_for
 from phasecode.models.sites import site_kind
 
@@ -127,8 +127,7 @@ def site_sensitivity(
         with surgery_for(probe), torch.enable_grad():
             for window in tqdm(windows, desc="sensitivity", unit="window", disable=not progress):
                 batch = window[None]
-                cache = prefix.cache_for(1) if prefix is not None else None
-                logits = model(input_ids=batch, cache=cache, use_cache=cache is not None).logits
+                logits = run_after(model, prefix, batch).logits
                 summed_nll(logits[:, :-1], batch[:, 1:]).sum().backward()
                 tokens += batch.shape[1] - 1
     finally:

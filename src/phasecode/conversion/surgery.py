@@ -35,6 +35,7 @@ from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.sites import LM_HEAD, site_name
 
 ATTENTION_KEY = "phasecode"
+_ABSENT = object()  # an instance attribute that was not there before the surgery
 MLP_SITES = ("gate_up", "silu", "up", "down")
 
 
@@ -164,7 +165,8 @@ class SpikingSurgery:
         self.down_rotation, self.lm_head = down_rotation, lm_head
         self.silu_scales, self.head_rotation = silu_scales, head_rotation
         self._handles: list = []
-        self._patched: list[nn.Module] = []
+        # each patched module with what its instance dict held before under the names set
+        self._patched: list[tuple[nn.Module, dict]] = []
         self._previous_attention: tuple[str | None] | None = None  # set while installed
 
     def install(self) -> SpikingSurgery:
@@ -181,17 +183,21 @@ class SpikingSurgery:
         model.config._attn_implementation = ATTENTION_KEY
         for i, layer in enumerate(adapter.decoder_layers(model)):
             attention = adapter.part(layer, adapter.attention)
-            attention.phasecode_handler = handler
-            attention.phasecode_head_rotation = self.head_rotation
-            self._patched.append(attention)
+            self._patch(
+                attention,
+                phasecode_handler=handler,
+                phasecode_head_rotation=self.head_rotation,
+            )
             self._pre_hook(attention, _kwarg_site(handler, site_name(i, "qkv")), with_kwargs=True)
             self._pre_hook(adapter.part(layer, adapter.o), _arg_site(handler, site_name(i, "o")))
             mlp = adapter.part(layer, adapter.mlp)
             scale = None if self.silu_scales is None else self.silu_scales[i]
-            mlp.forward = partial(
-                spiking_mlp_forward, adapter, layer, handler, i, self.down_rotation, scale
+            self._patch(
+                mlp,
+                forward=partial(
+                    spiking_mlp_forward, adapter, layer, handler, i, self.down_rotation, scale
+                ),
             )
-            self._patched.append(mlp)
         if self.lm_head:
             head = adapter.module(model, adapter.lm_head)
             self._pre_hook(head, _arg_site(handler, LM_HEAD))
@@ -199,12 +205,22 @@ class SpikingSurgery:
     def _pre_hook(self, module: nn.Module, fn, with_kwargs: bool = False) -> None:
         self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
 
+    def _patch(self, module: nn.Module, **attributes) -> None:
+        """Set instance attributes, remembering what was there (an accelerate hook's
+        ``forward``, say) so that ``remove`` puts exactly that back."""
+        self._patched.append((module, {n: module.__dict__.get(n, _ABSENT) for n in attributes}))
+        for name, value in attributes.items():
+            setattr(module, name, value)
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for module in self._patched:
-            for name in ("phasecode_handler", "phasecode_head_rotation", "forward"):
-                module.__dict__.pop(name, None)
+        for module, before in reversed(self._patched):
+            for name, value in before.items():
+                if value is _ABSENT:
+                    module.__dict__.pop(name, None)
+                else:
+                    module.__dict__[name] = value
         if self._previous_attention is not None:
             self.model.config._attn_implementation = self._previous_attention[0]
         self._handles, self._patched, self._previous_attention = [], [], None

@@ -43,6 +43,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from phasecode.conversion.causal_lm import SpikingModelForCausalLM, greedy_generate
 from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
 from phasecode.models.adapters import adapter_for
@@ -88,13 +89,14 @@ class PhasecodeLM(TemplateLM):
         artifact: str | Path | None = None,
         analog: bool | str = False,
         batch_size: int | str = DEFAULT_BATCH_SIZE,
-        spiking: SpikingModel | None = None,
+        spiking: SpikingModel | SpikingModelForCausalLM | None = None,
         progress: bool = True,
         max_batch_size: int | None = None,
         device: str | None = None,
         dtype: str | None = None,
     ) -> None:
-        """Load the artifact (with its base model) unless a SpikingModel is given.
+        """Load the artifact (with its base model) unless a converted model is given; a
+        ``SpikingModelForCausalLM`` answers in its current mode unless ``analog``.
 
         ``device`` is lm-eval's --device (None, or its default cuda:0 on a machine without a
         GPU: a GPU if there is one, else the CPU), ``dtype`` a model
@@ -116,12 +118,15 @@ class PhasecodeLM(TemplateLM):
                 device=where,
                 dtype=resolve_dtype(dtype, where) if dtype else None,
             )
-        self.spiking = spiking
+        if not isinstance(spiking, SpikingModelForCausalLM):
+            spiking = SpikingModelForCausalLM(spiking)
+        self.causal_lm = spiking
+        self.spiking = spiking.spiking
         self.analog = _flag("analog", analog)
         self.batch_size = _batch_size(batch_size)
         self.progress = progress
         self.tokenizer = spiking.tokenizer
-        self._device = next(spiking.model.parameters()).device
+        self._device = spiking.device
         self._shares_contexts = _full_attention(spiking.model)
 
     @classmethod
@@ -241,7 +246,7 @@ class PhasecodeLM(TemplateLM):
 
     def _installed(self) -> contextlib.AbstractContextManager:
         """The surgery this model answers with: neurons (SNN) or the prepared ANN."""
-        return self.spiking.analog() if self.analog else self.spiking.coded()
+        return self.causal_lm.analog() if self.analog else contextlib.nullcontext()
 
     def _window(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
         """Input tokens (the last max_length + 1 of context + continuation, less the final one)
@@ -309,7 +314,7 @@ class PhasecodeLM(TemplateLM):
         ids = torch.full((len(contexts), width), self.eot_token_id or 0, dtype=torch.long)
         for g, context in enumerate(contexts):
             ids[g, : len(context)] = torch.tensor(context)
-        cache = self._cache(len(contexts)) or DynamicCache(config=self.spiking.model.config)
+        cache = DynamicCache(config=self.spiking.model.config)  # the model puts the prefix first
         self._forward(ids.to(self._device), cache, 1)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -330,10 +335,12 @@ class PhasecodeLM(TemplateLM):
             cache = DynamicCache(past, config=self.spiking.model.config)
             cached = past[0][0].shape[-2]
             if any(start != cached for start in starts):  # padded contexts: hide the padding
-                mask = torch.ones((len(rows), cached + length), dtype=torch.long)
+                # mask and positions count the caller's tokens: the model adds the prefix
+                offset = self._prefix_len
+                mask = torch.ones((len(rows), cached - offset + length), dtype=torch.long)
                 for r, start in enumerate(starts):
-                    mask[r, start:cached] = 0
-                positions = torch.tensor(starts)[:, None] + torch.arange(length)
+                    mask[r, start - offset : cached - offset] = 0
+                positions = torch.tensor(starts)[:, None] - offset + torch.arange(length)
                 mask, positions = mask.to(self._device), positions.to(self._device)
         logits = self._forward(ids.to(self._device), cache, keep.to(self._device), mask, positions)
         per_row = logits.split([len(row.targets) for row in rows])
@@ -357,8 +364,9 @@ class PhasecodeLM(TemplateLM):
         """Logits at the `keep` positions (transformers' logits_to_keep: 0 = all; a boolean
         [batch, length] mask gives them flattened, row after row). ``mask`` ([batch, cached +
         length], 0 = hidden) and ``positions`` ([batch, length]) default to every cached token
-        visible and positions following the cache."""
-        return self.spiking.model(
+        visible and positions following the cache; both count the caller's tokens only (the
+        model offsets them by its prefix)."""
+        return self.causal_lm(
             input_ids=ids,
             cache=cache,
             use_cache=cache is not None,
@@ -367,31 +375,22 @@ class PhasecodeLM(TemplateLM):
             position_ids=positions,
         ).logits
 
-    def _cache(self, batch: int) -> DynamicCache | None:
-        prefix = self.spiking.prefix
-        return prefix.cache_for(batch) if prefix is not None else None
-
     def _greedy(self, context: str, gen_kwargs: dict[str, Any]) -> str:
-        """Greedy continuation of `context`, cut at the first stop string."""
+        """Greedy continuation of `context` by the model's ``generate``, cut at the first stop
+        string."""
         if gen_kwargs.pop("do_sample", False):
             raise NotImplementedError("the phasecode model decodes greedily only")
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(gen_kwargs.get("max_gen_toks", 256))
         tokens = self.tok_encode(context)[-max(1, self.max_length - max_new) :]
-        cache = self._cache(1) or DynamicCache(config=self.spiking.model.config)
         ids = torch.tensor([tokens], device=self._device)
-        generated: list[int] = []
-        for _ in range(max_new):
-            next_id = int(self._forward(ids, cache, 1)[0, -1].argmax())
-            if next_id == self.eot_token_id:
-                break
-            generated.append(next_id)
-            text = self.tok_decode(generated)
-            if any(stop in text for stop in until):
-                return _cut(text, until)
-            ids = torch.tensor([[next_id]], device=self._device)
-        return self.tok_decode(generated)
+        stops = {"stop_strings": until, "tokenizer": self.tokenizer} if until else {}
+        generated = greedy_generate(self.causal_lm, ids, max_new, self.eot_token_id, **stops)
+        if generated and generated[-1] == self.eot_token_id:
+            generated = generated[:-1]
+        text = self.tok_decode(generated)
+        return _cut(text, until) if any(stop in text for stop in until) else text
 
 
 def _full_attention(model: torch.nn.Module) -> bool:

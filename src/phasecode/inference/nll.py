@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from phasecode.errors import PhasecodeError
-from phasecode.inference.prefix import Prefix
+from phasecode.inference.prefix import Prefix, run_after
 
 EVAL_BATCH_SIZE = 4  # windows per forward pass when evaluating perplexity
 
@@ -76,10 +76,9 @@ def perplexity(
             windows.split(batch_size), desc="perplexity", unit="batch", disable=not progress
         ):
             batch = batch.to(device)
-            cache = prefix.cache_for(len(batch)) if prefix is not None else None
-            logits = model(input_ids=batch, cache=cache, use_cache=cache is not None).logits
+            logits = run_after(model, prefix, batch).logits
             nll.append(summed_nll(logits[:, :-1], batch[:, 1:]).cpu())
-            del logits, cache  # freed before the next forward, not after it
+            del logits  # freed before the next forward, not after it
     tokens = torch.full((len(windows),), windows.shape[1] - 1, dtype=torch.long)
     return WindowNLL(torch.cat(nll), tokens, time.perf_counter() - start)
 

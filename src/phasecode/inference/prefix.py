@@ -67,3 +67,10 @@ def build_prefix(model: nn.Module, token_ids: Sequence[int]) -> Prefix:
     if any(k.shape[-2] != len(token_ids) for k, _ in keys_values):
         raise PhasecodeError(f"a prefix of {len(token_ids)} tokens exceeds the sliding window")
     return Prefix(list(token_ids), keys_values, model.config, time.perf_counter() - start)
+
+
+def run_after(model: nn.Module, prefix: Prefix | None, input_ids: torch.Tensor, **kwargs):
+    """The model's output for ``input_ids`` after the prefix's cached keys/values (without a
+    prefix: the tokens alone); ``kwargs`` go to the model's forward."""
+    cache = prefix.cache_for(len(input_ids)) if prefix is not None else None
+    return model(input_ids=input_ids, cache=cache, use_cache=cache is not None, **kwargs)

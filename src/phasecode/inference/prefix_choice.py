@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from phasecode.calibration.observers import hooks
 from phasecode.errors import PhasecodeError
 from phasecode.inference.nll import summed_nll
-from phasecode.inference.prefix import build_prefix
+from phasecode.inference.prefix import build_prefix, run_after
 from phasecode.models.adapters import adapter_for
 
 LOSS_BUDGET = 0.005  # relative rise of the ANN's loss a prefix may cost
@@ -170,9 +170,8 @@ def measure_prefix(
     names = [adapter.layer_path(i, adapter.down) for i in range(adapter.num_layers(model))]
     device = next(model.parameters()).device
     windows = windows.to(device)
-    cache = prefix.cache_for(len(windows)) if prefix is not None else None
     with hooks(model, {name: tracker.hook(i) for i, name in enumerate(names)}):
-        logits = model(input_ids=windows, cache=cache, use_cache=cache is not None).logits
+        logits = run_after(model, prefix, windows).logits
     nll = summed_nll(logits[:, :-1], windows[:, 1:]).sum().item()
     return nll / (windows.numel() - len(windows)), tracker.stacked()
 

@@ -5,66 +5,46 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from phasecode.conversion.convert import SpikingModel, calibrate, fit_spiking
-from phasecode.conversion.store import save_spiking
-from phasecode.inference.prefix_choice import AUTO, PrefixRequest
-from phasecode.models.loading import base_record, model_reference
-from phasecode.models.placement import CPU, Placement, load_placed
+from phasecode.api.model import convert, load_model
+from phasecode.conversion.causal_lm import SpikingModelForCausalLM
+from phasecode.conversion.config import ConversionConfig
+from phasecode.models.placement import CPU, Placement
 from phasecode.models.sites import site_kind
-from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings
-from phasecode.simulation.budget import fit_under_budget
 
 
 def convert_job(
     model_name: str,
-    fit: FitSettings,
-    sampling: SamplingSettings,
+    config: ConversionConfig,
     out: Path,
+    calibration: Path | None = None,
     placement: Placement = CPU,
-    **options,
-) -> SpikingModel:
-    """Load ``model_name`` where ``placement`` says, then ``convert_loaded`` it (``options``:
-    that function's keyword arguments)."""
-    model, tokenizer = load_placed(model_name, placement)
-    return convert_loaded(model, tokenizer, model_name, fit, sampling, out, **options)
+    progress: bool = True,
+) -> SpikingModelForCausalLM:
+    """Load ``model_name`` where ``placement`` says, then ``convert_loaded`` it."""
+    model, tokenizer = load_placed_model(model_name, placement)
+    return convert_loaded(model, tokenizer, config, out, calibration, progress)
+
+
+def load_placed_model(model_name: str, placement: Placement):
+    """``phasecode.load_model`` at the placement (float32 unless it names a dtype)."""
+    return load_model(
+        model_name, placement.device, placement.dtype or "float32", placement.device_map
+    )
 
 
 def convert_loaded(
     model,
     tokenizer,
-    model_name: str,
-    fit: FitSettings,
-    sampling: SamplingSettings,
+    config: ConversionConfig,
     out: Path,
-    rotate: bool = True,
-    prefix: PrefixRequest = AUTO,
-    lm_head: bool = True,
+    calibration: Path | None = None,
     progress: bool = True,
-    balance: bool = False,
-    weight_bits: int | None = None,
-    budget: EnergyBudget | None = None,
-) -> SpikingModel:
-    """Convert (under an energy ``budget``: per-site T, priced spikes) a model already loaded
-    from ``model_name`` and not yet changed, which becomes the spiking model's prepared base;
-    save it and print the per-site-type summary."""
-    base = base_record(model_reference(model_name), model)
-    calibrated = calibrate(
-        model,
-        tokenizer,
-        sampling,
-        rotate=rotate,
-        prefix=prefix,
-        lm_head=lm_head,
-        progress=progress,
-        balance=balance,
-        weight_bits=weight_bits,
-    )
-    if budget is None:
-        spiking = fit_spiking(calibrated, fit, progress)
-    else:
-        spiking = fit_under_budget(calibrated, fit, budget, progress)
-    save_spiking(out, spiking, base)
-    print(format_conversion(spiking.report))
+) -> SpikingModelForCausalLM:
+    """``phasecode.convert`` a model as loaded (not yet changed), which becomes the spiking
+    model's base; save it to ``out`` and print the per-site-type summary."""
+    spiking = convert(model, tokenizer, config, calibration, progress)
+    spiking.save_pretrained(out)
+    print(format_conversion(spiking.spiking.report))
     print(f"saved spiking model to {out}")
     return spiking
 

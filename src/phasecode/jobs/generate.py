@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from phasecode.coding.neuron import mask_window
+from phasecode.conversion.causal_lm import SpikingModelForCausalLM, greedy_generate
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
@@ -23,38 +23,26 @@ from phasecode.models.placement import CPU, Placement
 from phasecode.simulation.network import SpikingSimulator
 
 
-@torch.no_grad()
 def greedy_fast(
-    spiking: SpikingModel,
+    spiking: SpikingModel | SpikingModelForCausalLM,
     prompt: torch.Tensor,
     new_tokens: int,
     mask_strength: int = 0,
     analog: bool = False,
 ) -> list[int]:
     """Greedy continuation of ``prompt`` [1, S] by the fast path (``analog``: by the
-    prepared ANN, for a side-by-side comparison)."""
-    model = spiking.model
-    cache = spiking.prefix.cache_for(1) if spiking.prefix is not None else DynamicCache()
-    with spiking.analog() if analog else spiking.coded(mask_strength):
-        return _greedy(
-            lambda ids: model(input_ids=ids, cache=cache, use_cache=True).logits,
-            prompt,
-            new_tokens,
-            spiking.tokenizer.eos_token_id,
-        )
+    prepared ANN, for a side-by-side comparison): the spiking model's own ``generate``."""
+    model = spiking
+    if not isinstance(model, SpikingModelForCausalLM):
+        model = SpikingModelForCausalLM(spiking)
+    with model.analog() if analog else model.coded(mask_strength):
+        return greedy_generate(model, prompt, new_tokens, model.tokenizer.eos_token_id)
 
 
-@torch.no_grad()
 def greedy_ann(model, prompt: torch.Tensor, new_tokens: int, eos: int | None) -> list[int]:
     """Greedy continuation by a plain, unconverted model (its own attention, no prefix): what
     the ANN costs, to compare the spiking model's speed with."""
-    cache = DynamicCache()
-    return _greedy(
-        lambda ids: model(input_ids=ids, cache=cache, use_cache=True).logits,
-        prompt,
-        new_tokens,
-        eos,
-    )
+    return greedy_generate(model, prompt, new_tokens, eos)
 
 
 @torch.no_grad()

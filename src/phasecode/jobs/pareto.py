@@ -13,14 +13,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from phasecode.api.energy import masked_perplexity, measure
+from phasecode.api.simulate import sample_tokens
 from phasecode.comparison.frontier import Point, front_table, measured, plot_front
 from phasecode.comparison.grid import digest
 from phasecode.comparison.store import ResultStore
 from phasecode.conversion.convert import Calibrated, calibrate, fit_spiking
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
-from phasecode.jobs.energy import masked_perplexity, measure
-from phasecode.jobs.simulate import sample_tokens
 from phasecode.models.placement import CPU, Placement, load_placed
 from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings
 from phasecode.simulation.budget import fit_under_budget

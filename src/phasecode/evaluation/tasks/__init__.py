@@ -82,7 +82,7 @@ def score_tasks(
         lm = PhasecodeLM(
             spiking=spiking, analog=mode == "ann", batch_size=batch_size, progress=progress
         )
-        return _metrics(run_lm_eval(lm, names, limit, progress), names)
+        return task_metrics(run_lm_eval(lm, names, limit, progress), names)
 
     ann, source = ann_task_metrics(spiking, names, limit, batch_size, lambda: measured("ann"))
     snn = measured("snn")
@@ -100,7 +100,7 @@ def score_tasks(
     }
 
 
-def _metrics(results: dict, names: list[str]) -> dict[str, dict]:
+def task_metrics(results: dict, names: list[str]) -> dict[str, dict]:
     """Per task, the reported metric in percent, its standard error and the example count,
     out of lm-eval's raw results."""
     metrics = {}
