@@ -23,9 +23,9 @@ from phasecode.artifacts import write_json_atomic
 from phasecode.comparison.grid import Cell, calibrations, convert_cell
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
-from phasecode.models.loading import DEFAULT_MODEL, load_model
-from phasecode.settings import SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
+from phasecode.settings import SamplingSettings, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "conversion.json"

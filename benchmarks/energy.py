@@ -21,15 +21,16 @@ from pathlib import Path
 
 import torch
 
+from phasecode.api.energy import masked_perplexity, measure
+from phasecode.api.simulate import sample_tokens
 from phasecode.artifacts import write_json_atomic
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
 from phasecode.jobs.convert import convert_job
-from phasecode.api.energy import masked_perplexity, measure
-from phasecode.api.simulate import sample_tokens
 from phasecode.jobs.simulate import simulate_job
-from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.simulation.energy import PRESETS
 

@@ -28,7 +28,7 @@ import torch
 from phasecode.artifacts import write_json_atomic
 from phasecode.comparison.frontier import front_points, front_table, measured
 from phasecode.jobs.pareto import PLOT, pareto_job
-from phasecode.models.loading import DEFAULT_MODEL
+from phasecode.models.resolve import DEFAULT_MODEL
 from phasecode.settings import SamplingSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from phasecode.calibration.sampling import sample_sites
-from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.training.fit import fit_codes, score_sites
 

@@ -38,7 +38,8 @@ from phasecode.conversion.convert import calibrate, fit_spiking
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix_choice import SELECTION_WINDOWS, PrefixRequest
-from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
 from phasecode.models.sites import site_kind
 from phasecode.settings import FitSettings, SamplingSettings
 

@@ -29,7 +29,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from phasecode.artifacts import write_json_atomic
-from phasecode.models.loading import DEFAULT_MODEL, load_model
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"

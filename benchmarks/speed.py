@@ -48,7 +48,7 @@ LMEVAL_ITEMS = 300
 def _artifact(path: Path) -> Path:
     if not path.exists():
         from phasecode.jobs.convert import convert_job
-        from phasecode.models.loading import DEFAULT_MODEL
+        from phasecode.models.resolve import DEFAULT_MODEL
         from phasecode.settings import FitSettings, SamplingSettings
 
         convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), path, progress=False)

@@ -9,13 +9,14 @@ applied to tensors it does not describe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +33,11 @@ FORMAT_VERSION = 2
 # none of them changes what the loaded model computes. Everything else is checksummed.
 UNPROTECTED_KEYS: tuple[str, ...] = ("created", "report")
 METADATA_CHECKSUM_KEY = "metadata_sha256"
+
+# what an artifact directory holds (its metadata's "kind"): a converted model, or the neurons
+# alone (`phasecode neurons --out`)
+SPIKING_MODEL_KIND = "spiking-model"
+NEURONS_KIND = "neurons"
 
 
 def _check_name(name: str) -> None:
@@ -113,6 +119,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write (a figure, say), renamed onto
+    ``path`` when the block succeeds and removed when it fails: a kill or a full disk never
+    leaves a cut-off file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PhasecodeError(f"cannot write {path}: {_describe_os_error(e)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def artifact_id(directory: str | Path, name: str = "neurons") -> str | None:
+    """What identifies an artifact's content: its metadata checksum (None: no artifact)."""
+    header = read_artifact_header(directory, name)
+    return None if header is None else header.get(METADATA_CHECKSUM_KEY)
 
 
 def artifact_exists(directory: str | Path, name: str = "neurons") -> bool:

@@ -8,18 +8,27 @@ leaves the results on stdout instead of nowhere. The checks create nothing that 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from phasecode.artifacts import read_artifact_header, write_json_atomic
+from phasecode.artifacts import (
+    NEURONS_KIND,
+    SPIKING_MODEL_KIND,
+    read_artifact_header,
+    write_json_atomic,
+)
 from phasecode.errors import PhasecodeError
 
 # How each artifact kind is named in messages ("DIR already holds a converted model").
-KIND_NAMES = {"spiking-model": "a converted model", "neurons": "a neurons artifact"}
+KIND_NAMES = {SPIKING_MODEL_KIND: "a converted model", NEURONS_KIND: "a neurons artifact"}
 
 
 def _kind_name(kind: object) -> str:
@@ -96,6 +105,7 @@ def check_artifact_dir(path: Path, kind: str, force: bool, *, name: str = "neuro
         if os.path.lexists(target):
             raise PhasecodeError(f"cannot use {shown}: it is a broken symbolic link")
         _probe_writable(_nearest_existing(target, shown), shown)
+        check_free_space(target)
         return target
     if not target.is_dir():
         raise PhasecodeError(f"cannot use {shown} as an output directory: it is a file")
@@ -129,6 +139,7 @@ def check_artifact_dir(path: Path, kind: str, force: bool, *, name: str = "neuro
         if os.path.lexists(tensors) and not tensors.is_file():
             raise PhasecodeError(f"cannot overwrite {shown}: {tensors.name} is not a file")
     _probe_writable(target, shown)
+    check_free_space(target)
     return target
 
 
@@ -145,3 +156,72 @@ def write_json_or_print(path: Path, data: dict, *, stream: TextIO | None = None)
         raise PhasecodeError(
             f"could not write {path} ({reason}); the results were printed above"
         ) from None
+
+
+OWNER_MARKER = ".phasecode-output"  # in a directory phasecode writes reports or tables into
+MIN_FREE_BYTES = 64 << 20  # free space a conversion needs for its artifact, checked up front
+
+
+def check_owned_dir(path: Path, files: tuple[str, ...], what: str, ours: bool = False) -> Path:
+    """Check that ``what`` (a report, a comparison) may write ``files`` into ``path``: a missing
+    or empty directory, one phasecode wrote them into before (its marker, or ``ours``), or one
+    holding none of them. A file of the user's with one of those names is never overwritten."""
+    shown = Path(path)
+    target = shown.expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise PhasecodeError(f"--out {shown} is a file; give a directory for the {what}")
+    if target.is_dir() and not ours and not (target / OWNER_MARKER).exists():
+        theirs = [name for name in files if os.path.lexists(target / name)]
+        if theirs:
+            raise PhasecodeError(
+                f"{shown} holds {theirs[0]}, which phasecode did not write: choose another "
+                f"directory for the {what}"
+            )
+    _probe_writable(_nearest_existing(target, shown), shown)
+    return target
+
+
+def claim_dir(path: Path) -> None:
+    """Create ``path`` and mark it as phasecode's output (``check_owned_dir``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OWNER_MARKER).touch()
+
+
+def check_free_space(path: Path, needed: int = MIN_FREE_BYTES) -> None:
+    """Refuse, before any work, an output whose file system has less than ``needed`` free."""
+    shown = Path(path)
+    where = _nearest_existing(shown.expanduser().resolve(), shown)
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise PhasecodeError(
+            f"cannot write {shown}: only {free >> 20} MiB free on its file system, and the "
+            f"output needs about {needed >> 20} MiB"
+        )
+
+
+@contextlib.contextmanager
+def exclusive_output(path: Path) -> Iterator[None]:
+    """Hold ``path`` for this process: a second phasecode process writing the same output is
+    refused at once (one result would be lost) instead of both saying "saved". The lock lives
+    under the cache (none there: no lock)."""
+    from filelock import FileLock, Timeout
+
+    from phasecode.cache.root import kind_dir, writable
+
+    if not writable():
+        yield
+        return
+    target = str(Path(path).expanduser().resolve())
+    locks = kind_dir("locks")
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(locks / f"{hashlib.sha256(target.encode()).hexdigest()[:24]}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PhasecodeError(
+            f"another phasecode process is writing {path}; wait for it or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

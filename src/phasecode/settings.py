@@ -1,6 +1,7 @@
-"""What a conversion is asked to do: which neuron, how many timesteps and grains, and where
-the calibration samples come from. Plain values, checked on construction, shared by the CLI,
-the jobs and the comparison grid."""
+"""What a conversion is asked to do: which neuron, how many timesteps and grains, how it
+trains, and where the calibration samples come from. Plain values, checked on construction,
+shared by the CLI, the jobs and the comparison grid; this module imports nothing of
+phasecode's but its errors (the bottom floor, docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phasecode.calibration.text import DEFAULT_CALIBRATION
-from phasecode.coding.allocation import TTFS_TIMESTEPS, validate_timesteps
 from phasecode.errors import PhasecodeError
-from phasecode.training.alternating import TrainConfig
 
 METHODS = ("mgpc", "las", "spikedattention", "ttfs", "rate", "phase")
 CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire −1 (neuron.py)
@@ -21,6 +19,49 @@ OBJECTIVES = ("mse", "fisher")
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 BUDGET_MODES = ("price", "knapsack")
+TTFS_TIMESTEPS = 128  # App. D.1: TTFSFormer is compared at its own T = 128
+MAX_TIMESTEPS = (
+    TTFS_TIMESTEPS  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
+)
+
+
+def validate_timesteps(timesteps: int, limit: int = MAX_TIMESTEPS) -> int:
+    """Return ``timesteps`` if it is an integer in 1..limit, else raise a user-facing error."""
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or not 1 <= timesteps <= limit:
+        raise PhasecodeError(f"timesteps must be an integer in 1..{limit}, got {timesteps!r}")
+    return timesteps
+
+
+MODES = ("alternating", "joint", "coupled")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of Alg. 1 (N, N1, N2, η1, η2) and Alg. 2 (N_α, η_α)."""
+
+    rounds: int = 40  # N
+    threshold_steps: int = 4  # N1, steps on {h, θ}
+    base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
+    lr_threshold: float = 0.03  # η1, relative to each step's start value
+    lr_base: float = 0.03  # η2
+    sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
+    mode: str = "alternating"
+    search_steps: int = 40  # N_α
+    lr_alpha: float = 0.1  # η_α
+    search_samples: int = 512  # samples per site used during the allocation search
+    # samples per site in each θ/h step of alternating/coupled training (consecutive slices in
+    # turn; reservoir samples are in random order); None: all. B steps and the kept-best
+    # choice always see every sample. 2500 of 10k: 4× cheaper steps at the same conversion
+    # error (docs/method.md#training-eq-10-alg-1)
+    batch_samples: int | None = 2500
+
+    def __post_init__(self) -> None:
+        if self.batch_samples is not None and self.batch_samples < 1:
+            raise PhasecodeError(
+                f"--batch-samples must be a count >= 1 or all, got {self.batch_samples}"
+            )
+        if self.mode not in MODES:
+            raise PhasecodeError(f"unknown training mode {self.mode!r}; choose from {MODES}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +69,7 @@ class SamplingSettings:
     """Where activation samples come from and how outliers are kept out of them."""
 
     samples: int = 10_000  # training samples per site (as many again are held out)
-    calibration: Path = DEFAULT_CALIBRATION
+    calibration: Path | None = None  # None: the bundled C4 sample (calibration.text)
     sequences: int = 16
     seq_len: int = 256
     prefix_bos: bool = True  # prepend BOS and leave it out of the samples (prefix token)

@@ -31,6 +31,11 @@ def world(tmp_path_factory, tiny_tokenizer) -> Path:
     (root / "negative.json").write_text(json.dumps(_costs(mac_pj=-1.0)))
     (root / "zero_bits.json").write_text(json.dumps(_costs(word_bits=0)))
     (root / "list.json").write_text("[1, 2]")
+    (root / "theirs").mkdir()
+    (root / "theirs" / "report.md").write_text("a user's report\n")
+    (root / "theirs" / "table.md").write_text("a user's table\n")
+    (root / "other-energy.json").write_text(json.dumps({"artifact": "/elsewhere/x"}))
+    (root / "recipe.txt").write_text("timesteps: 8\n")
     return root
 
 
@@ -113,6 +118,16 @@ CASES = [
     (["simulate", "{root}/artifact", "--json", "{root}/mine"], ["directory"]),
     (["report", "{root}/artifact", "--energy", "{root}/missing.json"], ["missing.json"]),
     (["report", "{root}/artifact", "--out", "{root}/calib.jsonl"], ["calib.jsonl"]),
+    (["report", "{root}/artifact", "--out", "{root}/theirs"], ["report.md", "did not write"]),
+    (["report", "{root}/artifact", "--energy", "{root}/other-energy.json"], ["another artifact"]),
+    (["compare", "--out", "{root}/theirs"], ["table.md", "did not write"]),
+    # an artifact whose base model moved: --base-model names it, and must be a model
+    (["eval", "{root}/artifact", "--base-model", "{root}/nowhere"], ["nowhere", "not found"]),
+    (_convert("--config", "{root}/recipe.txt", "--out", "{root}/new"), [".yaml"]),
+    (_convert("--config", "{root}/missing.yaml", "--out", "{root}/new"), ["not found"]),
+    # the cache
+    (["cache", "ls", "nope"], ["unknown cache kind"]),
+    (["cache", "prune", "--max-size", "x"], ["not a size"]),
 ]
 if not torch.cuda.is_available():
     CASES.append((_convert("--device", "cuda", "--out", "{root}/new"), ["no CUDA GPU"]))
@@ -127,7 +142,11 @@ def test_bad_input_is_one_line_before_any_model_loads(
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    for target in ("phasecode.models.loading.load_model", "phasecode.conversion.store.load_model"):
+    for target in (
+        "phasecode.models.loading.load_model",
+        "phasecode.conversion.store.load_model",
+        "phasecode.api.model.load_base",
+    ):
         monkeypatch.setattr(target, never)
     monkeypatch.chdir(tmp_path)  # `run`'s default output would land here
     before = _snapshot(world)

@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
 from phasecode.artifacts import load_artifact
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.cli import build_parser, main
 from phasecode.coding.table import CodeTable
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.models.loading import load_model
 from phasecode.settings import METHODS
 
 SITES = 4 * CONVERTIBLE_SIZES["num_hidden_layers"]

@@ -14,10 +14,11 @@ from transformers import AutoModelForCausalLM, GPT2Config
 from transformers.utils import logging as hf_logging
 
 from phasecode.artifacts import load_artifact, save_artifact
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.cli import main
 from phasecode.coding.baselines import las
 from phasecode.conversion.store import read_spiking_metadata
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.models.loading import load_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,12 +11,10 @@ import torch
 from phasecode.coding import baselines
 from phasecode.coding.allocation import (
     MAX_CANDIDATES,
-    MAX_TIMESTEPS,
     candidate_allocations,
     even_allocation,
     grain_of_step,
     validate_allocation,
-    validate_timesteps,
 )
 from phasecode.coding.neuron import decode, fast_site_value, mask_spikes, spikes, value
 from phasecode.coding.table import (
@@ -27,6 +25,7 @@ from phasecode.coding.table import (
     phase_weights,
 )
 from phasecode.errors import PhasecodeError
+from phasecode.settings import MAX_TIMESTEPS, validate_timesteps
 
 F64 = torch.float64
 

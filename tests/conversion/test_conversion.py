@@ -18,8 +18,7 @@ from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix_choice import NO_PREFIX, PrefixRequest
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.sites import spiking_sites
-from phasecode.settings import FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 
 ARCHS = ["llama", "qwen2", "mistral"]
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}

@@ -10,8 +10,7 @@ from phasecode.conversion.convert import convert
 from phasecode.evaluation.perplexity import token_windows
 from phasecode.inference.nll import perplexity
 from phasecode.models.loading import load_model
-from phasecode.settings import FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 
 pytestmark = pytest.mark.smoke
 

@@ -11,14 +11,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from phasecode.artifacts import load_artifact, save_artifact
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.coding.baselines import las
 from phasecode.conversion.convert import convert
 from phasecode.conversion.store import KIND, load_spiking, read_spiking_metadata, save_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.inference.nll import perplexity
-from phasecode.models.loading import model_fingerprint
-from phasecode.settings import FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 
 
 def _base(seed: int = 0) -> nn.Module:

@@ -16,10 +16,13 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model, model_registry
 from task_data import hand_loglikelihood, tiny_spiking, write_task_data
 
+from phasecode.cli import lm_eval as lm_eval_cli
 from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation import harness
-from phasecode.evaluation.harness import PhasecodeLM, TokenRequest
+from phasecode.evaluation import harness, scheduler
+from phasecode.evaluation.harness import PhasecodeLM
+from phasecode.evaluation.scheduler import TokenRequest
+from phasecode.evaluation.tasks import TASK_CONFIGS, quiet_lm_eval
 
 REQUESTS = [
     ("Question: What melts ice?\nAnswer:", " heat"),
@@ -233,10 +236,10 @@ def test_continuations_of_a_pool_of_context_batches_run_together(prefixed, analo
     bound of 0 positions gives every context batch its own pool, as before pooling."""
     lm = _lm(prefixed, analog, batch_size=2)
     requests, _ = _question_requests(lm)
-    passes = {harness.POOL_POSITIONS: [], 0: []}
+    passes = {scheduler.POOL_POSITIONS: [], 0: []}
     score = lm._score_tails
     for bound, tails in passes.items():
-        monkeypatch.setattr(harness, "POOL_POSITIONS", bound)
+        monkeypatch.setattr(scheduler, "POOL_POSITIONS", bound)
         monkeypatch.setattr(
             lm, "_score_tails", lambda rows, *a, seen=tails: seen.append(rows) or score(rows, *a)
         )
@@ -253,8 +256,8 @@ def test_continuations_of_a_pool_of_context_batches_run_together(prefixed, analo
 def test_sliding_window_models_run_whole_windows(spiking, tiny_model, monkeypatch):
     """A sliding window's cache drops and masks keys by cache slot, which the padding between a
     context and its continuation would shift: such a model does not share contexts."""
-    assert not harness._full_attention(tiny_model("mistral"))
-    assert harness._full_attention(tiny_model("qwen2")) and harness._full_attention(spiking.model)
+    assert not scheduler.full_attention(tiny_model("mistral"))
+    assert scheduler.full_attention(tiny_model("qwen2")) and scheduler.full_attention(spiking.model)
     lm = _lm(spiking, True, batch_size=16)
     monkeypatch.setattr(lm, "_shares_contexts", False)
     requests, _ = _question_requests(lm)
@@ -281,7 +284,7 @@ def _scored_both_ways(lm, requests):
 def test_model_args_from_lm_evals_cli(spiking, monkeypatch):
     loaded, where = [], []
 
-    def load(path, device, dtype):
+    def load(path, device, dtype, base_model=None):
         loaded.append(path)
         where.append((device, dtype))
         return spiking
@@ -325,6 +328,7 @@ def test_missing_artifact_is_a_phasecode_error(tmp_path):
 
 
 def test_registered_under_phasecode_next_to_the_builtin_models():
+    harness.register()
     assert get_model("phasecode") is PhasecodeLM
     assert {"hf", "vllm", "dummy"} <= set(model_registry.keys())  # lm-eval's own still there
     harness.register()  # idempotent
@@ -332,10 +336,10 @@ def test_registered_under_phasecode_next_to_the_builtin_models():
 
 
 def test_offline_task_names_never_shadow_builtin_ones():
-    names = sorted(p.stem for p in harness.TASK_CONFIGS.glob("*.yaml"))
+    names = sorted(p.stem for p in TASK_CONFIGS.glob("*.yaml"))
     assert names == [f"phasecode_{t}" for t in sorted(("arc_easy", "arc_challenge", "piqa",
                                                          "winogrande"))]  # fmt: skip
-    for path in harness.TASK_CONFIGS.glob("*.yaml"):
+    for path in TASK_CONFIGS.glob("*.yaml"):
         assert f"task: {path.stem}\n" in path.read_text()
 
 
@@ -343,18 +347,15 @@ def test_simple_evaluate_by_model_name(spiking, tmp_path, monkeypatch):
     """lm-eval builds the model from its name and model_args string and scores a task."""
     monkeypatch.setenv("PHASECODE_DATA", str(write_task_data(tmp_path)))
     monkeypatch.setattr("phasecode.conversion.store.load_spiking", lambda path, **_: spiking)
+    harness.register()
     from lm_eval.tasks import TaskManager
-
-    from phasecode.evaluation.harness import quiet_lm_eval
 
     with quiet_lm_eval(progress=False):
         results = lm_eval.simple_evaluate(
             model="phasecode",
             model_args="artifact=unused,analog=false,batch_size=4",
             tasks=["phasecode_winogrande"],
-            task_manager=TaskManager(
-                include_path=str(harness.TASK_CONFIGS), include_defaults=False
-            ),
+            task_manager=TaskManager(include_path=str(TASK_CONFIGS), include_defaults=False),
             random_seed=None,
             numpy_random_seed=None,
             torch_random_seed=None,
@@ -368,10 +369,27 @@ def test_wrapper_runs_lm_evals_cli_with_the_task_configs(monkeypatch):
     seen = []
     monkeypatch.setattr("lm_eval.__main__.cli_evaluate", lambda: seen.append(list(sys.argv)))
     monkeypatch.setattr(sys, "argv", ["phasecode-lm-eval"])
-    assert harness.main(["--model", "phasecode", "--tasks", "phasecode_piqa"]) == 0
+    assert lm_eval_cli.main(["--model", "phasecode", "--tasks", "phasecode_piqa"]) == 0
     assert seen[-1][1:] == [
         "--model", "phasecode", "--tasks", "phasecode_piqa",
-        "--include_path", str(harness.TASK_CONFIGS),
+        "--include_path", str(TASK_CONFIGS),
     ]  # fmt: skip
-    assert harness.main(["--model", "phasecode", "--include_path", "/elsewhere"]) == 0
+    assert lm_eval_cli.main(["--model", "phasecode", "--include_path", "/elsewhere"]) == 0
     assert seen[-1][1:] == ["--model", "phasecode", "--include_path", "/elsewhere"]
+
+
+def test_wrapper_refuses_what_lm_eval_would_answer_with_a_traceback(monkeypatch, capsys):
+    """An unknown model arg or task, and a CUDA device where there is none: one line, exit 2."""
+    monkeypatch.setattr(sys, "argv", ["phasecode-lm-eval"])
+    with pytest.raises(PhasecodeError, match="unknown model arg colour"):
+        PhasecodeLM.create_from_arg_string("artifact=x,colour=red")
+
+    def unknown_task():
+        raise ValueError("Tasks not found: nope. Try `lm-eval --tasks list` for the list")
+
+    monkeypatch.setattr("lm_eval.__main__.cli_evaluate", unknown_task)
+    assert lm_eval_cli.main(["--model", "phasecode", "--tasks", "nope"]) == 2
+    assert "Tasks not found: nope" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert lm_eval_cli.main(["--model", "phasecode", "--device", "cuda:0"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

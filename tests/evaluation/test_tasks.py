@@ -31,7 +31,7 @@ from phasecode.cli import main
 from phasecode.errors import PhasecodeError
 from phasecode.evaluation import tasks as zero_shot
 from phasecode.evaluation.tasks import TASKS, check_tasks, load_docs, run_lm_eval, score_tasks
-from phasecode.evaluation.tasks.ann_scores import task_key
+from phasecode.evaluation.tasks.ann_scores import task_inputs
 from phasecode.evaluation.tasks.data import hf_dataset
 
 BUILTIN = Path(lm_eval.__file__).parent / "tasks"
@@ -257,14 +257,14 @@ def test_the_anns_accuracy_is_read_back_and_the_snn_measured(
         }
     score_tasks(spiking, ["arc_easy", "piqa"], limit=2, progress=False)  # another limit
     assert runs[3:] == [True, False]
-    key = task_key(spiking, ["piqa"], 3, 16)
+    key = task_inputs(spiking, ["piqa"], 3, 16)
     copy = tmp_path / "data"
     shutil.copytree(task_data, copy)
     monkeypatch.setenv("PHASECODE_DATA", str(copy))
-    assert task_key(spiking, ["piqa"], 3, 16) == key
+    assert task_inputs(spiking, ["piqa"], 3, 16) == key
     labels = copy / "piqa" / "dev-labels.lst"
     labels.write_text("".join(f"{1 - int(x)}\n" for x in labels.read_text().split()))
-    assert task_key(spiking, ["piqa"], 3, 16) != key
+    assert task_inputs(spiking, ["piqa"], 3, 16) != key
     monkeypatch.setenv("PHASECODE_SCORE_CACHE", "0")
     assert (
         score_tasks(spiking, ["arc_easy"], limit=3, progress=False)["arc_easy"]["ann_source"]

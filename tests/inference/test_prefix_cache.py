@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from phasecode.cache.root import kind_dir
 from phasecode.evaluation.perplexity import token_windows
 from phasecode.inference import prefix_cache, prefix_choice
 from phasecode.inference.prefix_cache import choose_prefix_cached
@@ -55,24 +56,24 @@ def test_a_second_choice_is_read_back_without_a_forward(monkeypatch, tiny_model,
 
 def test_other_weights_windows_or_rules_are_measured_again(monkeypatch, tiny_model, tiny_tokenizer):
     model, windows = _model(tiny_model), _windows(tiny_tokenizer)
-    key = prefix_cache.choice_key(model, tiny_tokenizer, windows)
+    key = prefix_cache.choice_inputs(model, tiny_tokenizer, windows)
     other_windows = windows.roll(1, dims=1)
-    assert prefix_cache.choice_key(model, tiny_tokenizer, other_windows) != key
+    assert prefix_cache.choice_inputs(model, tiny_tokenizer, other_windows) != key
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.mul_(1.5)
-    assert prefix_cache.choice_key(model, tiny_tokenizer, windows) != key
+    assert prefix_cache.choice_inputs(model, tiny_tokenizer, windows) != key
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.div_(1.5)
     monkeypatch.setattr(prefix_choice, "LOSS_BUDGET", 0.01)
-    assert prefix_cache.choice_key(model, tiny_tokenizer, windows) != key
-    assert prefix_cache.choice_key(model.double(), tiny_tokenizer, windows) != key
+    assert prefix_cache.choice_inputs(model, tiny_tokenizer, windows) != key
+    assert prefix_cache.choice_inputs(model.double(), tiny_tokenizer, windows) != key
 
 
 def test_an_unreadable_entry_is_measured_and_rewritten(monkeypatch, tiny_model, tiny_tokenizer):
     model, windows = _model(tiny_model), _windows(tiny_tokenizer)
     choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
-    (entry,) = prefix_cache.CHOICES.path("any").parent.glob("*.json")
-    entry.write_text('{"format": 1, "token_ids": [')  # a crash mid-write, by another tool
+    (entry,) = kind_dir(prefix_cache.CHOICES.kind).glob("*.json")
+    entry.write_text('{"format": 2, "value": {"token_ids": [')  # a crash mid-write, by another tool
     calls = _counting(monkeypatch)
     again = choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
     assert calls and again.source == "measured"
@@ -85,4 +86,4 @@ def test_the_cache_can_be_switched_off(monkeypatch, tiny_model, tiny_tokenizer):
     for _ in range(2):
         choice = choose_prefix_cached(model, tiny_tokenizer, windows, progress=False)
         assert choice.source == "measured"
-    assert not prefix_cache.CHOICES.path("any").parent.exists()
+    assert not kind_dir(prefix_cache.CHOICES.kind).exists()

@@ -7,23 +7,19 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import gguf
-import numpy as np
 import pytest
 import torch
+from gguf_files import write_tiny_gguf
 from helpers import save_tiny_model
-from tokenizers import pre_tokenizers
 
+from phasecode.cache import digests, fingerprint
+from phasecode.cache.fingerprint import model_fingerprint
+from phasecode.cache.root import cache_dir
 from phasecode.errors import PhasecodeError
-from phasecode.models import devices, loading
-from phasecode.models.loading import (
-    DEFAULT_MODEL,
-    cache_dir,
-    check_fits,
-    load_model,
-    model_fingerprint,
-    model_reference,
-)
+from phasecode.models import devices, loading, resolve
+from phasecode.models import gguf as gguf_files
+from phasecode.models.loading import check_fits, load_model
+from phasecode.models.resolve import DEFAULT_MODEL, model_reference
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
@@ -81,7 +77,7 @@ def test_fingerprint_stable_and_sensitive(tiny_model):
     model = tiny_model("llama")
     print_ = model_fingerprint(model)
     assert print_ == model_fingerprint(tiny_model("llama"))
-    assert len(print_) == 16 and set(print_) <= set("0123456789abcdef")
+    assert len(print_) == 32 and set(print_) <= set("0123456789abcdef")
     assert print_ != model_fingerprint(tiny_model("llama", seed=1))
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(1.01)
@@ -90,14 +86,14 @@ def test_fingerprint_stable_and_sensitive(tiny_model):
 
 def test_fingerprint_samples_every_column():
     # 4096 rows of 64: a naive stride of numel // 4096 = 64 would hit column 0 in every row.
-    sample = loading._strided_sample(torch.arange(4096 * 64.0).view(4096, 64))
+    sample = fingerprint._strided_sample(torch.arange(4096 * 64.0).view(4096, 64))
     assert len(torch.unique(sample.long() % 64)) == 64
 
 
 @pytest.mark.smoke
 def test_default_model_loads_from_cache():
     model, tokenizer = load_model(DEFAULT_MODEL)  # builds the cache on first use (~20 s)
-    cached = loading.gguf_cache_path(loading._default_gguf())
+    cached = gguf_files.gguf_cache_path(resolve.default_gguf())
     assert (cached / "model.safetensors").is_file()
     assert model.config.model_type == "llama"
     assert model.config.num_hidden_layers == 30
@@ -118,74 +114,6 @@ def test_unknown_hub_id_fails_offline(monkeypatch):
 # --- GGUF files -------------------------------------------------------------------------------
 
 
-def _permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's interleaving of LLaMA q/k rows (transformers' GGUF reader undoes it)."""
-    rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
-
-
-def write_tiny_gguf(path: Path, model, architecture: str | None = None, name: str = "tiny"):
-    """Write `model` (a tiny LLaMA/Qwen2/Mistral) as a float32 GGUF file llama.cpp-style, with a
-    byte-level ("gpt2") vocabulary of <s>, </s> and single bytes, sized to the model."""
-    config = model.config
-    model_type = config.model_type
-    arch = architecture or ("qwen2" if model_type == "qwen2" else "llama")  # mistral is llama
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_embedding_length(config.hidden_size)
-    head_dim = config.hidden_size // config.num_attention_heads
-    if arch != "qwen2":
-        writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    tokens = ["<s>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet())][: config.vocab_size]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3, 3] + [1] * (len(tokens) - 2))
-    writer.add_token_scores([0.0] * len(tokens))  # no merges: derived from these (none)
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(1)
-
-    state = {key: value.detach().float().numpy() for key, value in model.state_dict().items()}
-    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
-    for i in range(config.num_hidden_layers):
-        layer, block = f"model.layers.{i}.", f"blk.{i}."
-        q, k = state[layer + "self_attn.q_proj.weight"], state[layer + "self_attn.k_proj.weight"]
-        if arch == "llama":
-            q = _permute_for_gguf(q, config.num_attention_heads)
-            k = _permute_for_gguf(k, config.num_key_value_heads)
-        writer.add_tensor(block + "attn_norm.weight", state[layer + "input_layernorm.weight"])
-        writer.add_tensor(block + "attn_q.weight", q)
-        writer.add_tensor(block + "attn_k.weight", k)
-        writer.add_tensor(block + "attn_v.weight", state[layer + "self_attn.v_proj.weight"])
-        for short, proj in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")):
-            if layer + f"self_attn.{proj}.bias" in state:
-                writer.add_tensor(
-                    block + f"attn_{short}.bias", state[layer + f"self_attn.{proj}.bias"]
-                )
-        writer.add_tensor(block + "attn_output.weight", state[layer + "self_attn.o_proj.weight"])
-        writer.add_tensor(
-            block + "ffn_norm.weight", state[layer + "post_attention_layernorm.weight"]
-        )
-        writer.add_tensor(block + "ffn_gate.weight", state[layer + "mlp.gate_proj.weight"])
-        writer.add_tensor(block + "ffn_up.weight", state[layer + "mlp.up_proj.weight"])
-        writer.add_tensor(block + "ffn_down.weight", state[layer + "mlp.down_proj.weight"])
-    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
-    if not config.tie_word_embeddings:
-        writer.add_tensor("output.weight", state["lm_head.weight"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture
 def cache(monkeypatch, tmp_path) -> Path:
     """An empty PHASECODE_CACHE for the test."""
@@ -196,15 +124,15 @@ def cache(monkeypatch, tmp_path) -> Path:
 
 def _count_dequantize(monkeypatch, fail_after: int = 1 << 30) -> list[Path]:
     """Record every dequantization; fail once more than `fail_after` happened."""
-    real, calls = loading._dequantize, []
+    real, calls = gguf_files.dequantize, []
 
-    def counted(path, name):
+    def counted(path, name, dtype=torch.float32):
         calls.append(path)
         if len(calls) > fail_after:
             raise AssertionError("dequantized again instead of using the cache")
-        return real(path, name)
+        return real(path, name, dtype)
 
-    monkeypatch.setattr(loading, "_dequantize", counted)
+    monkeypatch.setattr(gguf_files, "dequantize", counted)
     return calls
 
 
@@ -225,7 +153,7 @@ def test_gguf_loads_with_the_same_logits(arch, tiny_model, cache, tmp_path, monk
     for key, value in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0)
     assert [p.name for p in (cache / "models").iterdir() if p.is_dir()] == [
-        loading.gguf_cache_path(path).name
+        gguf_files.gguf_cache_path(path).name
     ]
 
 
@@ -233,57 +161,61 @@ def test_gguf_cache_is_loaded_in_the_requested_dtype(tiny_model, cache, tmp_path
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model("llama"))
     model, _ = load_model(str(path), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
-    stored = json.loads((loading.gguf_cache_path(path) / "config.json").read_text())
-    assert stored.get("dtype", stored.get("torch_dtype")) == "float32"
+    # dequantized into the dtype asked for: a bfloat16 copy is half a float32 one
+    stored = json.loads(
+        (gguf_files.gguf_cache_path(path, torch.bfloat16) / "config.json").read_text()
+    )
+    assert stored.get("dtype", stored.get("torch_dtype")) == "bfloat16"
     assert "quantization_config" not in stored
 
 
 def test_gguf_cache_key_follows_content(tiny_model, cache, tmp_path, monkeypatch):
     path = write_tiny_gguf(tmp_path / "a.gguf", tiny_model("llama"))
-    first = loading.gguf_cache_path(path)
+    first = gguf_files.gguf_cache_path(path)
     copy = tmp_path / "b.gguf"
     shutil.copyfile(path, copy)
-    assert loading.gguf_cache_path(copy) == first  # same bytes, other name: same cache
+    assert gguf_files.gguf_cache_path(copy) == first  # same bytes, other name: same cache
     calls = _count_dequantize(monkeypatch)
     load_model(str(path))
     load_model(str(copy))
     assert calls == [path]
     write_tiny_gguf(path, tiny_model("llama", seed=1))  # same size, other values
-    assert loading.gguf_cache_path(path) != first
+    assert gguf_files.gguf_cache_path(path) != first
     changed, _ = load_model(str(path))
     assert calls == [path, path]
-    assert model_fingerprint(changed) == model_fingerprint(tiny_model("llama", seed=1))
+    assert model_fingerprint(changed) != model_fingerprint(load_model(str(copy))[0])
 
 
 def test_hash_index_skips_rehashing_unchanged_files(cache, tmp_path, monkeypatch):
     path = tmp_path / "big.gguf"
     path.write_bytes(b"GGUF" + bytes(1000))
-    fresh = loading.file_sha256(path)
-    assert not (cache / "models" / "gguf-index.json").exists()  # too recent to trust its stamp
-    monkeypatch.setattr(loading, "_RACY_NS", -(10**18))  # pretend the file is old
-    assert loading.file_sha256(path) == fresh
-    monkeypatch.setattr(loading, "_hash_file", lambda p: pytest.fail("rehashed"))
-    assert loading.file_sha256(path) == fresh
+    fresh = digests.file_sha256(path)
+    assert not digests.index_path().exists()  # too recent to trust its stamp
+    monkeypatch.setattr(digests, "RACY_NS", -(10**18))  # pretend the file is old
+    assert digests.file_sha256(path) == fresh
+    assert oct(digests.index_path().stat().st_mode & 0o777) != oct(0o600)  # readable by others
+    monkeypatch.setattr(digests, "_hash_file", lambda p: pytest.fail("rehashed"))
+    assert digests.file_sha256(path) == fresh
     monkeypatch.undo()
     monkeypatch.setenv("PHASECODE_CACHE", str(cache))
     stamp = path.stat().st_mtime_ns
     path.write_bytes(b"GGUF" + bytes(999) + b"x")  # same size
     os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a distinct mtime despite coarse clocks
-    assert loading.file_sha256(path) != fresh
+    assert digests.file_sha256(path) != fresh
 
 
 def test_default_model_goes_through_the_gguf_cache(tiny_model, cache, tmp_path, monkeypatch):
     model = tiny_model("llama")
     monkeypatch.setattr(
-        loading, "_default_gguf", lambda: write_tiny_gguf(tmp_path / "d.gguf", model)
+        resolve, "default_gguf", lambda: write_tiny_gguf(tmp_path / "d.gguf", model)
     )
     calls = _count_dequantize(monkeypatch)
     loaded, _ = load_model()
     load_model()
     assert len(calls) == 1
     assert not hasattr(loaded.config, "quantization_config")
-    assert model_fingerprint(loaded) == model_fingerprint(model)
-    assert loading.gguf_cache_path(tmp_path / "d.gguf").is_dir()
+    assert model_fingerprint(loaded) == model_fingerprint(load_model()[0])
+    assert gguf_files.gguf_cache_path(tmp_path / "d.gguf").is_dir()
 
 
 def test_interrupted_cache_build_leaves_nothing(tiny_model, cache, tmp_path, monkeypatch):
@@ -295,7 +227,7 @@ def test_interrupted_cache_build_leaves_nothing(tiny_model, cache, tmp_path, mon
             raise KeyboardInterrupt
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model("llama"))
-    monkeypatch.setattr(loading, "_dequantize", lambda *a: (HalfSaved(), HalfSaved()))
+    monkeypatch.setattr(gguf_files, "dequantize", lambda *a: (HalfSaved(), HalfSaved()))
     with pytest.raises(KeyboardInterrupt):
         load_model(str(path))
     assert [p for p in (cache / "models").iterdir() if p.is_dir()] == []
@@ -303,7 +235,7 @@ def test_interrupted_cache_build_leaves_nothing(tiny_model, cache, tmp_path, mon
 
 def test_gguf_header_counts_parameters(tiny_model, tmp_path):
     model = tiny_model("qwen2")
-    info = loading.read_gguf_header(write_tiny_gguf(tmp_path / "q.gguf", model))
+    info = gguf_files.read_gguf_header(write_tiny_gguf(tmp_path / "q.gguf", model))
     assert info.architecture == "qwen2"
     assert info.parameters == sum(p.numel() for p in model.parameters())
 

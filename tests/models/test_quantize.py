@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import tiny_llama, write_calibration
 
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.conversion.convert import calibrate, convert
 from phasecode.conversion.store import load_spiking, read_spiking_metadata, save_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.models.adapters import adapter_for
-from phasecode.models.loading import model_fingerprint
 from phasecode.models.quantize import (
     check_weight_bits,
     decoder_linears,

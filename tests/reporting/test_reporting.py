@@ -14,6 +14,7 @@ from helpers import CONVERTIBLE_SIZES, write_calibration
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from phasecode.artifacts import load_artifact, save_artifact
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.calibration.histograms import (
     bin_edges,
     site_histogram,
@@ -23,14 +24,12 @@ from phasecode.coding.baselines import las
 from phasecode.conversion.convert import calibrate, fit_spiking
 from phasecode.conversion.store import save_spiking
 from phasecode.errors import PhasecodeError
-from phasecode.models.loading import model_fingerprint
 from phasecode.reporting import figures
 from phasecode.reporting.levels import transfer
 from phasecode.reporting.report import write_report
-from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 from phasecode.simulation.counting import OpCount
 from phasecode.simulation.energy import PRESETS, costs_dict, summary
-from phasecode.training.alternating import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {

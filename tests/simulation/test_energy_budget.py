@@ -9,19 +9,20 @@ import pytest
 import torch
 from helpers import tiny_calibrated
 
-from phasecode.settings import EnergyBudget, FitSettings
+from phasecode.conversion.convert import fit_spiking
+from phasecode.settings import EnergyBudget, FitSettings, TrainConfig
 from phasecode.simulation.budget import (
     SiteOptions,
     budget_plan,
+    budget_strategy,
     choose_steps,
-    fit_under_budget,
     spike_prices,
 )
 from phasecode.simulation.counting import Counter
 from phasecode.simulation.energy import PRESETS, energy
 from phasecode.simulation.estimate import SiteEnergy, site_energy
 from phasecode.simulation.network import SpikingSimulator
-from phasecode.training.alternating import PRICE_STEP, SpikeBudget, TrainConfig
+from phasecode.training.alternating import PRICE_STEP, SpikeBudget
 from phasecode.training.fit import fit_codes, score_sites
 
 FAST = TrainConfig(rounds=2, search_steps=2, search_samples=64)
@@ -49,7 +50,7 @@ def budgeted(calibrated):
     assert (cheapest.steps == 2).all()
     middle = (full.predicted_ratio + cheapest.predicted_ratio) / 2
     budget = EnergyBudget(middle, 2, LENGTH, mode="knapsack")
-    spiking = fit_under_budget(calibrated, fit, budget, False)
+    spiking = fit_spiking(calibrated, fit, False, budget_strategy(budget))
     return spiking, spiking.report["energy_budget"]
 
 
@@ -185,9 +186,13 @@ def test_spike_budget_above_the_spend_leaves_the_price_falling():
 def test_price_mode_keeps_T_and_meets_the_budget(calibrated):
     train = TrainConfig(rounds=15, search_steps=2, search_samples=64)  # rounds for μ to climb
     fit = FitSettings("mgpc", 6, 2, train, code="signed-digit")
-    plain = fit_under_budget(calibrated, fit, EnergyBudget(100.0, context=LENGTH), False)
+    plain = fit_spiking(
+        calibrated, fit, False, budget_strategy(EnergyBudget(100.0, context=LENGTH))
+    )
     ratio = plain.report["energy_budget"]["predicted_ratio"] * 0.9
-    spiking = fit_under_budget(calibrated, fit, EnergyBudget(ratio, context=LENGTH), False)
+    spiking = fit_spiking(
+        calibrated, fit, False, budget_strategy(EnergyBudget(ratio, context=LENGTH))
+    )
     record = spiking.report["energy_budget"]
     assert (spiking.table.steps == 6).all() and record["steps_histogram"] == {
         "6": len(spiking.sites)

@@ -13,10 +13,9 @@ from phasecode.conversion.convert import SpikingModel, convert
 from phasecode.inference.prefix_choice import PrefixRequest
 from phasecode.jobs.generate import greedy_fast, greedy_spiking
 from phasecode.models.precision import to_float64
-from phasecode.settings import FitSettings, SamplingSettings
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 from phasecode.simulation.counting import Counter
 from phasecode.simulation.network import SpikingSimulator
-from phasecode.training.alternating import TrainConfig
 
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
 FAST_TRAINING = TrainConfig(rounds=2, search_steps=2, search_samples=64)

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from phasecode.api.simulate import fast_logits, sample_tokens, simulate
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.conversion.convert import convert
 from phasecode.conversion.store import load_spiking, save_spiking
 from phasecode.jobs.generate import encode_prompt, greedy_fast, greedy_spiking
-from phasecode.models.loading import DEFAULT_MODEL, load_model, model_fingerprint
-from phasecode.settings import FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.models.loading import load_model
+from phasecode.models.resolve import DEFAULT_MODEL
+from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 
 pytestmark = pytest.mark.smoke
 

@@ -11,8 +11,7 @@ from phasecode.calibration.sampling import sample_sites
 from phasecode.coding.neuron import value
 from phasecode.errors import PhasecodeError
 from phasecode.models.hadamard import hadamard_rotation
-from phasecode.settings import METHODS, FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import METHODS, FitSettings, SamplingSettings, TrainConfig
 from phasecode.training.fit import fit_codes, score_sites
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
 

@@ -16,8 +16,8 @@ from phasecode.conversion.convert import fit_spiking
 from phasecode.conversion.sensitivity import GradientProbe, Sensitivity, bin_edges
 from phasecode.errors import PhasecodeError
 from phasecode.models.sites import site_kind
-from phasecode.settings import PROBS_BIAS, FitSettings
-from phasecode.training.alternating import TrainConfig, init_neurons, site_scale, train_neurons
+from phasecode.settings import PROBS_BIAS, FitSettings, TrainConfig
+from phasecode.training.alternating import init_neurons, site_scale, train_neurons
 from phasecode.training.neurons import quadratic_loss, spike_statistics
 from phasecode.training.objective import site_error, squared_error
 

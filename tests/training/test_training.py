@@ -12,7 +12,8 @@ from phasecode.coding.allocation import candidate_allocations
 from phasecode.coding.neuron import fire_steps, value
 from phasecode.coding.table import UNLIMITED, CodeTable, phase_weights
 from phasecode.errors import PhasecodeError
-from phasecode.training.alternating import TrainConfig, _Loss, init_neurons, train_neurons
+from phasecode.settings import TrainConfig
+from phasecode.training.alternating import _Loss, init_neurons, train_neurons
 from phasecode.training.neurons import (
     MIN_BASE,
     PhaseNeurons,

@@ -10,20 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from phasecode.calibration.text import DEFAULT_CALIBRATION, read_texts
+from phasecode.calibration.text import read_texts
 from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.conversion.convert import calibrate, fit_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.models.devices import resolve_device, resolve_dtype
-from phasecode.models.loading import (
-    DEFAULT_MODEL,
-    base_record,
-    check_fits,
-    model_reference,
-)
+from phasecode.models.loading import base_record, check_fits
 from phasecode.models.loading import load_model as load_base
-from phasecode.simulation.budget import fit_under_budget
+from phasecode.models.resolve import DEFAULT_MODEL, model_reference
+from phasecode.simulation.budget import budget_strategy
 from phasecode.simulation.energy import load_costs
 
 # what a calibration argument may be: a file, documents, or a datasets.Dataset (its "text")
@@ -80,11 +76,7 @@ def convert(
         texts=texts,
         **config.preparation(),
     )
-    fit = config.fit_settings()
-    if budget is None:
-        spiking = fit_spiking(calibrated, fit, progress)
-    else:
-        spiking = fit_under_budget(calibrated, fit, budget, progress)
+    spiking = fit_spiking(calibrated, config.fit_settings(), progress, budget_strategy(budget))
     spiking.report["config"] = config.to_dict()
     return SpikingModelForCausalLM(spiking, base)
 
@@ -96,12 +88,20 @@ def load(
     model: nn.Module | None = None,
     tokenizer=None,
     float64: bool = False,
+    base_model: str | None = None,
 ) -> SpikingModelForCausalLM:
     """A saved spiking model (``save_pretrained`` or ``phasecode convert``) with its base
     model re-read and checked, on ``device`` in ``dtype`` (None: the dtype it was converted
-    in); ``model``/``tokenizer``: the base model already loaded (unchanged)."""
+    in); ``model``/``tokenizer``: the base model already loaded (unchanged); ``base_model``:
+    where the base model is now, if it moved since the conversion."""
     return SpikingModelForCausalLM.from_pretrained(
-        directory, device=device, dtype=dtype, model=model, tokenizer=tokenizer, float64=float64
+        directory,
+        device=device,
+        dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+        float64=float64,
+        base_model=base_model,
     )
 
 
@@ -121,9 +121,7 @@ def as_config(config: ConversionConfig | Mapping | str | Path | None) -> Convers
 
 def calibration_texts(calibration: Calibration) -> list[str]:
     """The calibration documents, from any of the forms ``convert`` takes."""
-    if calibration is None:
-        return read_texts(DEFAULT_CALIBRATION)
-    if isinstance(calibration, (str, Path)):
+    if calibration is None or isinstance(calibration, (str, Path)):
         return read_texts(calibration)
     if hasattr(calibration, "column_names"):  # a datasets.Dataset
         if "text" not in calibration.column_names:

@@ -41,9 +41,10 @@ def data_dir() -> Path:
 DEFAULT_CALIBRATION = (_find_data_dir() or Path("shared") / "data") / _CALIBRATION_FILE
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Documents from a .jsonl file (its "text" field per line) or one plain text file."""
-    path = Path(path)
+def read_texts(path: str | Path | None = None) -> list[str]:
+    """Documents from a .jsonl file (its "text" field per line) or one plain text file; None:
+    the bundled C4 validation sample (DEFAULT_CALIBRATION)."""
+    path = DEFAULT_CALIBRATION if path is None else Path(path)
     if not path.is_file():
         hint = "; set PHASECODE_DATA to the shared data dir" if path == DEFAULT_CALIBRATION else ""
         raise PhasecodeError(f"calibration file not found: {path}{hint}")

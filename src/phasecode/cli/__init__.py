@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from phasecode.cli import (
+    cache,
     compare,
     convert,
     energy,
@@ -32,6 +33,7 @@ COMMANDS = {
     "energy": energy,
     "generate": generate,
     "report": report,
+    "cache": cache,
 }
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from phasecode.cli import options
 from phasecode.errors import PhasecodeError
 from phasecode.inference.nll import EVAL_BATCH_SIZE
-from phasecode.models.loading import DEFAULT_MODEL
-from phasecode.outputs import check_output_file
-from phasecode.training.alternating import TrainConfig
+from phasecode.models.resolve import DEFAULT_MODEL
+from phasecode.outputs import check_output_file, check_owned_dir, exclusive_output
+from phasecode.settings import TrainConfig
 
+COMPARE_FILES = ("results.json", "table.md", "ppl_vs_T.png")
 HELP = "convert with every method / T / setting and tabulate"
 
 
@@ -111,10 +112,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     options.check_model(args, settings.placement)
-    if args.out.exists() and not args.out.is_dir():
-        raise PhasecodeError(f"--out {args.out} is a file; give a results directory")
+    resuming = (args.out / "results.json").is_file()  # a store phasecode wrote: resumed
+    check_owned_dir(args.out, COMPARE_FILES, "comparison", ours=resuming)
     check_output_file(args.out / "results.json")
-    summary = compare_job(settings, args.out, progress=not args.quiet)
+    with exclusive_output(args.out):
+        summary = compare_job(settings, args.out, progress=not args.quiet)
     if summary["failed"]:
         first = next(iter(summary["failed"].values()))
         count = f"{len(summary['failed'])} of {summary['cells']}"

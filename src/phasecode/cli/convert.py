@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phasecode.artifacts import SPIKING_MODEL_KIND
 from phasecode.cli import options
-from phasecode.outputs import check_artifact_dir
+from phasecode.outputs import check_artifact_dir, exclusive_output
 from phasecode.settings import BUDGET_MODES, EnergyBudget
 
 HELP = "convert a model into a spiking model artifact"
@@ -67,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
         load_costs(config.costs)  # a bad cost file is refused before the model loads
     where = options.placement(args)
     options.check_model(args, where)
-    check_artifact_dir(args.out, "spiking-model", args.force)
-    convert_job(
-        args.model,
-        config,
-        args.out,
-        args.calibration,
-        placement=where,
-        progress=not args.quiet,
-    )
+    check_artifact_dir(args.out, SPIKING_MODEL_KIND, args.force)
+    with exclusive_output(args.out):  # a second convert into the same --out is refused
+        check_artifact_dir(args.out, SPIKING_MODEL_KIND, args.force)  # the first may have saved
+        convert_job(
+            args.model,
+            config,
+            args.out,
+            args.calibration,
+            placement=where,
+            progress=not args.quiet,
+        )
     return 0

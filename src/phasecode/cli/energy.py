@@ -14,6 +14,7 @@ HELP = "spikes, operations and energy per layer (Eq. 18/59/60)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path)
+    options.add_base_model(parser)
     parser.add_argument("--tokens", type=int, default=512, help="WikiText-2 test tokens")
     parser.add_argument(
         "--mask",
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.energy import energy_job
     from phasecode.simulation.energy import load_costs
 
+    options.check_base_model(args)
+
     options.positive(args, "tokens", "windows")
     load_costs(args.costs)  # a bad cost file is refused before the model loads
     if args.json is not None:
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         text=args.text,
         placement=options.placement(args),
+        base_model=args.base_model,
     )
     if args.json:
         write_json_or_print(args.json, report)

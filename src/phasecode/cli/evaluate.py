@@ -17,6 +17,7 @@ HELP = "perplexity and zero-shot accuracy of the ANN and the spiking model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path)
+    options.add_base_model(parser)
     parser.add_argument("--ppl", default="wikitext2", help='comma list: wikitext2,c4 ("" for none)')
     parser.add_argument("--text", type=Path, action="append", default=[], help="a text file")
     parser.add_argument(
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.evaluate import evaluate_job
 
+    options.check_base_model(args)
+
     options.positive(args, "batch_size", "task_batch_size", "limit")
     if args.seq_len < 2:
         raise PhasecodeError(f"--seq-len must be >= 2, got {args.seq_len}")
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         task_batch_size=args.task_batch_size,
         placement=options.placement(args),
+        base_model=args.base_model,
     )
     if args.json:
         write_json_or_print(args.json, report)

@@ -12,6 +12,7 @@ HELP = "greedy text generation with a KV cache"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path)
+    options.add_base_model(parser)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--spiking", action="store_true", help="run the spike-level simulator")
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.generate import generate_job
 
+    options.check_base_model(args)
+
     generate_job(
         args.artifact,
         args.prompt,
@@ -35,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         args.mask,
         placement=options.placement(args),
         analog=args.analog,
+        base_model=args.base_model,
     )
     return 0

@@ -11,24 +11,24 @@ from pathlib import Path
 
 import torch
 
-from phasecode.conversion.config import ConfigError, ConversionConfig
+from phasecode.calibration.text import DEFAULT_CALIBRATION
+from phasecode.conversion.config import MIN_SAMPLES, ConfigError, ConversionConfig
 from phasecode.errors import PhasecodeError
 from phasecode.inference.prefix_choice import NO_PREFIX, PrefixRequest
 from phasecode.models.devices import DTYPES, resolve_device, resolve_dtype
-from phasecode.models.loading import DEFAULT_MODEL
 from phasecode.models.placement import Placement
 from phasecode.models.quantize import WEIGHT_BITS
+from phasecode.models.resolve import DEFAULT_MODEL
 from phasecode.settings import (
     CODES,
     METHODS,
+    MODES,
     OBJECTIVES,
     PROBS_BIAS,
     FitSettings,
     SamplingSettings,
+    TrainConfig,
 )
-from phasecode.training.alternating import MODES, TrainConfig
-
-MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
 
 
 def add_placement(parser: argparse.ArgumentParser, dtype_default: str | None = "float32") -> None:
@@ -72,6 +72,24 @@ def placement(args: argparse.Namespace) -> Placement:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device) if args.dtype else None
     return Placement(device, dtype, getattr(args, "device_map", None))
+
+
+def add_base_model(parser: argparse.ArgumentParser) -> None:
+    """--base-model: where an artifact's base model is now, if it moved since conversion."""
+    parser.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="the base model the artifact was converted from, if it is no longer where the "
+        "artifact says (a directory, a .gguf file or a hub id; its fingerprint is checked)",
+    )
+
+
+def check_base_model(args: argparse.Namespace) -> None:
+    """A given --base-model must be a model (before any work)."""
+    from phasecode.models.resolve import locate
+
+    if args.base_model is not None:
+        locate(args.base_model)
 
 
 def add_conversion(parser: argparse.ArgumentParser) -> None:
@@ -273,14 +291,13 @@ def add_sampling(parser: argparse.ArgumentParser, seq_len_option: str = "--seq-l
 
 
 def sampling_settings(args: argparse.Namespace, prefix: bool = True) -> SamplingSettings:
-    defaults = SamplingSettings()
     if args.samples < MIN_SAMPLES:
         raise PhasecodeError(f"--samples must be at least {MIN_SAMPLES}, got {args.samples}")
     if args.sequences < 1:
         raise PhasecodeError(f"--sequences must be >= 1, got {args.sequences}")
     if args.calib_seq_len < 2:
         raise PhasecodeError(f"calibration seq_len must be >= 2, got {args.calib_seq_len}")
-    calibration = args.calibration or defaults.calibration
+    calibration = args.calibration or DEFAULT_CALIBRATION
     if not calibration.is_file():
         raise PhasecodeError(f"calibration file not found: {calibration}")
     return SamplingSettings(

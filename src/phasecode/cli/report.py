@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from phasecode.errors import PhasecodeError
-from phasecode.outputs import check_output_file
+from phasecode.outputs import check_output_file, check_owned_dir
 
 HELP = "figures and tables of a converted model: report.md, PNGs and a self-contained HTML"
 
@@ -19,11 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output directory (default: DIR/report)")
 
 
+REPORT_FILES = ("report.md", "report.html", "eval.json")
+
+
 def output_dir(artifact: Path, out: Path | None) -> Path:
-    """The report's directory, checked writable before any figure is drawn."""
-    out = out if out is not None else artifact / "report"
-    if out.exists() and not out.is_dir():
-        raise PhasecodeError(f"--out {out} is a file; give a directory for the report")
+    """The report's directory, checked before any figure is drawn: writable, and holding no
+    report.md / report.html of the user's (the artifact's own report/ is phasecode's)."""
+    default = artifact / "report"
+    out = out if out is not None else default
+    check_owned_dir(out, REPORT_FILES, "report", ours=out == default)
     for name in ("report.md", "report.html"):
         check_output_file(out / name)
     return out
@@ -41,13 +45,41 @@ def report_with_evaluation(artifact: Path, evaluation: dict, out: Path) -> Path:
     return markdown
 
 
+def check_belongs(path: Path, artifact: Path, option: str) -> None:
+    """A results JSON given to the report must be this artifact's (by its content id, or for
+    files written before ids, by its path), so no other model's numbers are shown."""
+    import json
+
+    from phasecode.artifacts import artifact_id
+
+    if not path.is_file():
+        raise PhasecodeError(f"{option} {path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PhasecodeError(f"{option} {path}: not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise PhasecodeError(f"{option} {path}: not a phasecode results file")
+    expected, found = artifact_id(artifact), data.get("artifact_id")
+    if found is not None:
+        same = found == expected
+    else:
+        named = data.get("artifact")
+        same = named is not None and Path(named).expanduser().resolve() == artifact.resolve()
+    if not same:
+        raise PhasecodeError(
+            f"{option} {path} holds the results of another artifact "
+            f"({data.get('artifact', 'unnamed')}), not of {artifact}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from phasecode.reporting.report import write_report
 
     for option in ("energy", "eval"):
         path = getattr(args, option)
-        if path is not None and not path.is_file():
-            raise PhasecodeError(f"--{option} {path}: no such file")
+        if path is not None:
+            check_belongs(path, args.artifact, f"--{option}")
     out = output_dir(args.artifact, args.out)
     markdown = write_report(args.artifact, out, args.energy, args.compare, args.eval)
     print(f"report: {markdown} and {markdown.with_suffix('.html')}")

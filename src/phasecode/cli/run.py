@@ -6,9 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phasecode.artifacts import SPIKING_MODEL_KIND
 from phasecode.cli import options
 from phasecode.cli.report import output_dir, report_with_evaluation
-from phasecode.outputs import check_artifact_dir, check_output_file, write_json_or_print
+from phasecode.outputs import (
+    check_artifact_dir,
+    check_output_file,
+    exclusive_output,
+    write_json_or_print,
+)
 
 HELP = "the main job: convert a model (the default one) and evaluate it"
 DEFAULT_OUT = Path("out/smollm2-135m-T8")
@@ -27,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_out(model: str) -> Path:
     """Where a run of ``model`` saves its spiking model unless told: the default model's
     artifact is replaced by a rerun, another model's is kept unless --force."""
-    from phasecode.models.loading import DEFAULT_MODEL
+    from phasecode.models.resolve import DEFAULT_MODEL
 
     if model == DEFAULT_MODEL:
         return DEFAULT_OUT
@@ -48,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
     where = options.placement(args)
     options.check_model(args, where)
     out = args.out or default_out(args.model)
-    check_artifact_dir(out, "spiking-model", args.force or args.out is None and out == DEFAULT_OUT)
+    check_artifact_dir(
+        out, SPIKING_MODEL_KIND, args.force or args.out is None and out == DEFAULT_OUT
+    )
     if args.json is not None:
         check_output_file(args.json)
     report_dir = output_dir(out, None)
-    report = run_job(args.model, out, args.limit, where, progress=not args.quiet)
+    with exclusive_output(out):
+        report = run_job(args.model, out, args.limit, where, progress=not args.quiet)
     if args.json:
         write_json_or_print(args.json, report)
     report_with_evaluation(out, report, report_dir)

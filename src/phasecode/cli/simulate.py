@@ -13,6 +13,7 @@ HELP = "run a converted model as spikes; --check the fast path"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path)
+    options.add_base_model(parser)
     parser.add_argument("--check", action="store_true", help="compare with the fast path")
     parser.add_argument("--tokens", type=int, default=64, help="WikiText-2 test tokens")
     parser.add_argument(
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.jobs.simulate import simulate_job
     from phasecode.models.devices import resolve_device
 
+    options.check_base_model(args)
+
     options.positive(args, "tokens")
     device = resolve_device(args.device)
     if args.json is not None:
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.mask,
         args.text,
         device=device,
+        base_model=args.base_model,
     )
     if args.json:
         write_json_or_print(args.json, report)

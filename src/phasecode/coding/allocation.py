@@ -7,18 +7,6 @@ from math import comb
 
 from phasecode.errors import PhasecodeError
 
-TTFS_TIMESTEPS = 128  # App. D.1: TTFSFormer is compared at its own T = 128
-MAX_TIMESTEPS = (
-    TTFS_TIMESTEPS  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
-)
-
-
-def validate_timesteps(timesteps: int, limit: int = MAX_TIMESTEPS) -> int:
-    """Return ``timesteps`` if it is an integer in 1..limit, else raise a user-facing error."""
-    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or not 1 <= timesteps <= limit:
-        raise PhasecodeError(f"timesteps must be an integer in 1..{limit}, got {timesteps!r}")
-    return timesteps
-
 
 def validate_allocation(allocation: tuple[int, ...] | list[int], timesteps: int) -> tuple[int, ...]:
     """Check that an allocation is a list of positive step counts summing to T."""

@@ -5,7 +5,7 @@ Each row's softmax depends only on that row's scores and the neuron is element-w
 of rows gives the same p and SN(p) as the whole matrix. A block also leaves out the keys none of
 its rows may see (the causal mask's upper triangle): their p is exactly 0, and so is SN(0) =
 sign(0)·SN(|0|) (the sign rule), so only terms 0·V go. Memory is bounded by one block's scores
-(``BLOCK_ELEMENTS``) at any context length; compiled (``compile_cache``), a block's scale,
+(``BLOCK_ELEMENTS``) at any context length; compiled (``cache.kernels``), a block's scale,
 mask, softmax and neuron are one fused loop between two GEMMs (C++ on CPU, Triton on CUDA), and
 grouped-query heads read their key head without copying it.
 
@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from phasecode import compile_cache
+from phasecode.cache import kernels
+from phasecode.cache.kernels import mark_dynamic
 from phasecode.coding.neuron import code_inside
-from phasecode.compile_cache import mark_dynamic
 
 # Scores per block of query rows: 4 MiB in float32 stays below glibc's 32 MiB mmap threshold
 # (a larger temporary is a fresh mmap that page-faults on first touch) and near the cache. On a
@@ -57,7 +57,7 @@ def coded_attention(
         mask = mask[..., :length]
     block = max(1, BLOCK_ELEMENTS // (batch * heads * length))
     ends = _key_ends(mask, rows, block, length)
-    attend = compile_cache.compiled(_attend_block, dynamic=None) if compiled else _attend_block
+    attend = kernels.compiled(_attend_block, dynamic=None) if compiled else _attend_block
     out = query.new_empty(batch, rows, heads, dim)
     for i, start in enumerate(range(0, rows, block)):
         stop, keys = min(rows, start + block), ends[i]
@@ -90,7 +90,7 @@ def coded_heads(
     compiled call instead of three, the same operations as the site-by-site path, so the
     results are bit-identical to it. ``query`` [B, Hq, S, D], ``key``/``value`` [B, Hk, L, D].
     """
-    run = compile_cache.compiled(_code_heads, dynamic=None) if compiled else _code_heads
+    run = kernels.compiled(_code_heads, dynamic=None) if compiled else _code_heads
     dynamic = [mark_dynamic(t, 0, 2) for t in (query, key, value)]  # batch, rows, keys
     return run(*dynamic, rotation, *neurons)
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from phasecode.coding.allocation import validate_timesteps
 from phasecode.coding.table import UNLIMITED, CodeTable, PhaseBases
+from phasecode.settings import validate_timesteps
 
 
 def _table(step_values: Tensor, max_spikes: int, phase: PhaseBases | None = None) -> CodeTable:

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from phasecode import compile_cache
+from phasecode.cache import kernels
+from phasecode.cache.kernels import mark_dynamic
 from phasecode.coding.neuron import code_inside
-from phasecode.compile_cache import mark_dynamic
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def coded_mlp(
     ``neurons``: the gate_up, silu, up and down sites as ``coding.neuron.fused_arguments``;
     ``rotation``: the online down_proj rotation R as ``OnlineRotation.traceable`` or None."""
     scale = None if silu_scale is None else silu_scale.to(x.device, x.dtype)
-    run = compile_cache.compiled(_mlp, dynamic=None) if compiled else _mlp
+    run = kernels.compiled(_mlp, dynamic=None) if compiled else _mlp
     rows = mark_dynamic(x.reshape(-1, x.shape[-1]), 0)  # tokens: any number
     out = run(rows, *weights, activation, scale, rotation, *neurons)
     return out.view(*x.shape[:-1], out.shape[-1])

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from phasecode import compile_cache
+from phasecode.cache import kernels
 from phasecode.coding.table import UNLIMITED, CodeTable
 from phasecode.errors import PhasecodeError
 
@@ -178,7 +178,7 @@ def fast_site_value(
 
     This is the fast path's kernel. ``torch.compile`` turns the T steps into a single loop over
     the elements (≈40× faster than eager on CPU; one graph for every size, cached on disk by
-    ``compile_cache``); set ``compiled=False`` or the environment variable PHASECODE_COMPILE=0
+    ``cache.kernels``); set ``compiled=False`` or the environment variable PHASECODE_COMPILE=0
     to run the same code eagerly. ``mask_strength`` applies spike masking (``mask_window``); a
     site using fewer steps than the table's T runs only those.
     """
@@ -189,8 +189,8 @@ def fused_site_value(x: Tensor, arguments: tuple, compiled: bool = True) -> Tens
     """``fast_site_value`` with the neuron's ``fused_arguments`` prepared once by the caller
     (the fast path's hot loop: no table conversion or device sync per call)."""
     kernel = _fused_site_value
-    if compiled and compile_cache.enabled():
-        kernel = _COMPILED.setdefault("value", compile_cache.compiled(_fused_site_value))
+    if compiled and kernels.enabled():
+        kernel = _COMPILED.setdefault("value", kernels.compiled(_fused_site_value))
     # detached: a flat view of a 3-d or 4-d tensor would make the compiled kernel guard on (and
     # recompile for) the layout of the tensor it views
     return code_inside(x.detach(), arguments, kernel)

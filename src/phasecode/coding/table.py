@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from phasecode.coding.allocation import MAX_TIMESTEPS, grain_of_step, validate_allocation
+from phasecode.coding.allocation import grain_of_step, validate_allocation
 from phasecode.errors import PhasecodeError
+from phasecode.settings import MAX_TIMESTEPS
 
 UNLIMITED = 0  # max_spikes value meaning "no spike budget"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from phasecode.artifacts import written_atomically
 from phasecode.comparison.tables import format_seconds
 from phasecode.settings import PROBS_BIAS
 
@@ -159,4 +160,5 @@ def plot_front(path: Path, rows: list[dict]) -> None:
         ax.set_xlabel("perplexity ratio to the ANN (log)")
         ax.set_ylabel(f"{name} energy ratio to the ANN")
     axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")

@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from itertools import groupby
 
-from phasecode.coding.allocation import TTFS_TIMESTEPS
 from phasecode.conversion.convert import Calibrated, SpikingModel, calibrate, fit_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.inference.prefix_choice import AUTO, NO_PREFIX
 from phasecode.models.quantize import check_weight_bits
-from phasecode.settings import METHODS, FitSettings, SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import METHODS, TTFS_TIMESTEPS, FitSettings, SamplingSettings, TrainConfig
 
 NAMES = {
     "mgpc": "Ours",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from phasecode.artifacts import written_atomically
 from phasecode.comparison.tables import Entry
 
 
@@ -34,4 +35,5 @@ def plot_ppl(path: Path, ann_ppl: float, entries: list[Entry], timesteps: list[i
     ax.set_xlabel("timesteps T")
     ax.set_ylabel("perplexity")
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 from phasecode.inference.nll import EVAL_BATCH_SIZE
 from phasecode.models.placement import CPU, Placement
-from phasecode.settings import SamplingSettings
-from phasecode.training.alternating import TrainConfig
+from phasecode.settings import SamplingSettings, TrainConfig
 
 if TYPE_CHECKING:  # the grid pulls in transformers; the CLI parser should start fast
     from phasecode.comparison.grid import Cell

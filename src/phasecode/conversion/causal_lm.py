@@ -79,7 +79,7 @@ class SpikingModelForCausalLM(PreTrainedModel, GenerationMixin):
         self.generation_config = spiking.model.generation_config
         self.name_or_path = spiking.model.name_or_path
         self._mode = 0
-        self._handlers: dict[int, SiteHandler] = {}
+        self._passthrough = Passthrough()
         # what PreTrainedModel.post_init would set; post_init itself would re-initialise weights
         self.all_tied_weights_keys = {}
         self._keep_in_fp32_modules = self._keep_in_fp32_modules_strict = set()
@@ -145,9 +145,7 @@ class SpikingModelForCausalLM(PreTrainedModel, GenerationMixin):
             self._mode = previous
 
     def _handler(self) -> SiteHandler:
-        if self._mode == ANALOG:
-            return self._handlers.setdefault(ANALOG, Passthrough())
-        return self.spiking.coder(self._mode)
+        return self._passthrough if self._mode == ANALOG else self.spiking.coder(self._mode)
 
     # -- the causal-LM forward -----------------------------------------------------------------
 
@@ -240,12 +238,13 @@ class SpikingModelForCausalLM(PreTrainedModel, GenerationMixin):
         model: nn.Module | None = None,
         tokenizer=None,
         float64: bool = False,
+        base_model: str | None = None,
         **_,
     ) -> SpikingModelForCausalLM:
-        """Load an artifact: its base model is re-read (or ``model``/``tokenizer`` given) and
-        checked against the fingerprint, then prepared again. ``device``: auto, cpu, cuda,
-        cuda:N; ``dtype``: None keeps the dtype it was converted in; ``float64`` runs the
-        whole model in float64 (exact checks)."""
+        """Load an artifact: its base model is re-read (from ``base_model`` if it moved, or
+        ``model``/``tokenizer`` given) and checked against the fingerprint, then prepared
+        again. ``device``: auto, cpu, cuda, cuda:N; ``dtype``: None keeps the dtype it was
+        converted in; ``float64`` runs the whole model in float64 (exact checks)."""
         from phasecode.conversion.store import read_spiking_metadata
         from phasecode.models.devices import resolve_device, resolve_dtype
 
@@ -253,13 +252,19 @@ class SpikingModelForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(dtype, str):
             dtype = resolve_dtype(dtype, where)
         metadata = read_spiking_metadata(directory)
-        if model is None and not metadata["base_model"].get("name"):
+        if model is None and base_model is None and not metadata["base_model"].get("name"):
             raise PhasecodeError(
                 f"{directory}: its base model was built in memory, so it cannot be re-read: "
                 "pass model= and tokenizer= (the unconverted base model)"
             )
         spiking = load_spiking(
-            directory, model, tokenizer, float64=float64, device=where, dtype=dtype
+            directory,
+            model,
+            tokenizer,
+            float64=float64,
+            device=where,
+            dtype=dtype,
+            base_model=base_model,
         )
         return cls(spiking, metadata["base_model"])
 

@@ -22,12 +22,13 @@ from phasecode.settings import (
     BUDGET_MODES,
     CODES,
     METHODS,
+    MODES,
     OBJECTIVES,
     EnergyBudget,
     FitSettings,
     SamplingSettings,
+    TrainConfig,
 )
-from phasecode.training.alternating import MODES, TrainConfig
 
 MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
 AUTO_PREFIX = "auto"

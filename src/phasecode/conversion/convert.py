@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from phasecode.cache.digests import tensor_digest
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.calibration.histograms import site_histograms
 from phasecode.calibration.observers import hooks
 from phasecode.calibration.sampling import split_samples
@@ -37,7 +40,6 @@ from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix, run_after
 from phasecode.inference.prefix_cache import choose_prefix_cached
 from phasecode.inference.prefix_choice import AUTO, SELECTION_WINDOWS, PrefixRequest, measure_prefix
-from phasecode.measurement_cache import tensor_digest
 from phasecode.models.adapters import adapter_for
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
@@ -169,7 +171,10 @@ def prepare(model, spec: ConversionSpec, silu_scales: Tensor | None = None) -> P
     """Apply the spec's rotations, weight quantization (of the rotated weights) and the given
     balancing in place, in that order on conversion and on load; build the prefix cache."""
     prepared = Prepared(silu_scales=silu_scales)
-    model.phasecode_prepared = True  # its weights are no longer the base model's
+    # its weights are no longer the base model's: measurements through it name the base
+    # model's fingerprint and the preparation (``SpikingModel.analog_identity``)
+    model.phasecode_base_fingerprint = model_fingerprint(model)
+    model.phasecode_prepared = True
     if spec.rotate:
         prepared.down_rotation = rotate_model(model, spec.rotation_seed, online_down=True)
     if spec.rotate_heads:
@@ -392,17 +397,56 @@ def choose_probs_bias(
     return candidates[chosen], choice
 
 
+class Train(Protocol):
+    """One training of every site's neuron (``fit_spiking``'s, for a ``FitStrategy``):
+    ``steps`` and ``spike_costs`` (per site) give each site its own T and price its spikes,
+    ``spike_budget`` finds that price in training."""
+
+    def __call__(
+        self,
+        steps: Tensor | None = None,
+        spike_costs: Tensor | None = None,
+        spike_budget: SpikeBudget | None = None,
+    ) -> SpikingModel: ...
+
+
+class FitStrategy(Protocol):
+    """How step 3 trains: it decides per-site T and spike prices (an energy budget:
+    ``simulation.budget.budget_strategy``), runs ``train`` once or more, and fills in the
+    report's account of what it chose."""
+
+    def fit(
+        self, calibrated: Calibrated, fit: FitSettings, progress: bool, train: Train
+    ) -> SpikingModel: ...
+
+
 def fit_spiking(
     calibrated: Calibrated,
     fit: FitSettings,
     progress: bool = True,
-    steps: Tensor | None = None,
-    spike_costs: Tensor | None = None,
-    spike_budget: SpikeBudget | None = None,
+    strategy: FitStrategy | None = None,
 ) -> SpikingModel:
-    """Step 3: train (or set) one neuron per site and score it on the held-out samples;
-    ``steps`` and ``spike_costs`` (per site, ``simulation.budget``) give each site its own T
-    and price its spikes in training, ``spike_budget`` finds that price in training."""
+    """Step 3: train (or set) one neuron per site and score it on the held-out samples, every
+    site at T, or as ``strategy`` decides."""
+
+    def train(
+        steps: Tensor | None = None,
+        spike_costs: Tensor | None = None,
+        spike_budget: SpikeBudget | None = None,
+    ) -> SpikingModel:
+        return _train(calibrated, fit, progress, steps, spike_costs, spike_budget)
+
+    return train() if strategy is None else strategy.fit(calibrated, fit, progress, train)
+
+
+def _train(
+    calibrated: Calibrated,
+    fit: FitSettings,
+    progress: bool,
+    steps: Tensor | None,
+    spike_costs: Tensor | None,
+    spike_budget: SpikeBudget | None,
+) -> SpikingModel:
     c = calibrated
     spec = replace(
         c.spec, method=fit.method, timesteps=fit.timesteps, grains=fit.grains, code=fit.code

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import torch
 
-from phasecode.artifacts import load_artifact, save_artifact
+from phasecode.artifacts import SPIKING_MODEL_KIND, load_artifact, save_artifact
+from phasecode.cache.fingerprint import matches as fingerprint_matches
 from phasecode.coding.table import CodeTable
 from phasecode.conversion.convert import ConversionSpec, SpikingModel, prepare
 from phasecode.errors import PhasecodeError
 from phasecode.models.devices import DTYPES
-from phasecode.models.loading import load_model, model_fingerprint
+from phasecode.models.loading import load_model
 from phasecode.models.precision import to_float64
+from phasecode.models.resolve import locate
 from phasecode.models.sites import spiking_sites
 
-KIND = "spiking-model"
+KIND = SPIKING_MODEL_KIND
 
 
 def save_spiking(directory: str | Path, spiking: SpikingModel, base: dict) -> None:
@@ -73,30 +75,50 @@ def read_spiking_metadata(directory: str | Path) -> dict:
     return metadata
 
 
-def load_base_model(metadata: dict, device: str = "cpu", dtype: torch.dtype | None = None):
-    """The artifact's base model and tokenizer, checked against its fingerprint in the dtype
-    it was converted in, then cast to ``dtype`` (None: keep that dtype) on ``device``."""
+def load_base_model(
+    metadata: dict,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    base_model: str | None = None,
+):
+    """The artifact's base model and tokenizer (``base_model``: from there instead of where
+    the artifact says), checked against its fingerprint in the dtype it was converted in,
+    then cast to ``dtype`` (None: keep that dtype) on ``device``."""
     base = metadata["base_model"]
+    name = base_model or base.get("name")
+    if not name:
+        raise PhasecodeError(
+            "the artifact's base model was built in memory and has no name: pass the base "
+            "model (--base-model PATH, or model= in Python)"
+        )
+    if base_model is None:
+        try:
+            locate(name)
+        except PhasecodeError as err:
+            raise PhasecodeError(
+                f"the artifact's base model cannot be found ({err}); if it moved, point the "
+                "artifact at it with --base-model PATH (base_model=PATH in Python)"
+            ) from None
     converted = DTYPES[base.get("dtype", "float32")]
-    model, tokenizer = load_model(base["name"], dtype=converted, device=device)
-    check_fingerprint(model, base)
+    model, tokenizer = load_model(name, dtype=converted, device=device)
+    check_fingerprint(model, base, name)
     if dtype is not None and dtype != converted:
         model.to(dtype)
     model.phasecode_checked = base["fingerprint"]
     return model, tokenizer
 
 
-def check_fingerprint(model, base: dict) -> None:
+def check_fingerprint(model, base: dict, name: str | None = None) -> None:
     """Refuse a base model whose weights are not those the neurons were trained for."""
     expected = base["fingerprint"]
     if getattr(model, "phasecode_checked", None) == expected:
         return  # checked on load, before a cast changed the weights' dtype
-    found = model_fingerprint(model)
-    if found != expected:
+    same, found = fingerprint_matches(model, expected)
+    if not same:
         raise PhasecodeError(
-            f"the artifact was made from base model {base['name']} (fingerprint "
+            f"the artifact was made from base model {name or base['name']} (fingerprint "
             f"{expected[:12]}); refusing to apply it to a different model (fingerprint "
-            f"{found[:12]})"
+            f"{found[:12]}): its weights or config changed since the conversion"
         )
 
 
@@ -107,13 +129,14 @@ def load_spiking(
     float64: bool = False,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    base_model: str | None = None,
 ) -> SpikingModel:
     """Rebuild a spiking model from an artifact and its base model (loaded unless given, on
-    ``device`` in ``dtype``); ``float64`` casts the checked base model to float64 end to end
-    (``models.precision``)."""
+    ``device`` in ``dtype``, from ``base_model`` if the artifact's has moved); ``float64``
+    casts the checked base model to float64 end to end (``models.precision``)."""
     metadata = read_spiking_metadata(directory)
     if model is None:
-        model, tokenizer = load_base_model(metadata, device, dtype)
+        model, tokenizer = load_base_model(metadata, device, dtype, base_model)
     check_fingerprint(model, metadata["base_model"])
     tensors, metadata = load_artifact(directory, check=_check_consistent)
     if float64:

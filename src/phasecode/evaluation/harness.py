@@ -1,42 +1,31 @@
 """phasecode as an lm-evaluation-harness model: ``--model phasecode --model_args artifact=DIR``.
 
-Every request runs after the artifact's prefix (its KV cache, computed once by the prepared
-ANN, exactly as ``evaluation/perplexity.py`` does), with the spiking surgery installed
-(``analog=false``, the default) or the prepared ANN without neurons (``analog=true``).
-Texts are tokenized without special tokens: the prefix starts with BOS, so a request never
-carries a second one.
+Every request runs through the converted model's own forward (``SpikingModelForCausalLM``),
+which puts it after the artifact's prefix, as the spiking model (``analog=false``, the
+default) or as the prepared ANN without neurons (``analog=true``). Texts are tokenized
+without special tokens: the prefix starts with BOS, so a request never carries a second one.
 
-Loglikelihood requests share their contexts: the window tokens before a request's first scored
-position run once per distinct value (a multiple-choice question's context, for all its
-choices), their keys/values are kept, and each request's remaining tokens run from a copy of
-that cache. Contexts are batched longest first, right-padded; the continuations of a pool of
-such batches (up to POOL_POSITIONS cached positions, so the pool's keys/values stay small)
-are sorted by length and go in batches of similar length, which pads them far less than
-batching each context batch's own continuations (measured on 300 items of the four tasks:
-32.2k instead of 48.5k continuation tokens for 29.6k real ones). A continuation sees its own
-context's cached tokens only (an attention mask hides the padding between them) at the
-positions the full window would give it. Every site's neuron codes one token's values (the
-k/v neurons code the cached keys/values when attention reads them, cached or not), so this
-equals running each request's whole window, up to float32 summation order.
+Loglikelihood requests share their contexts (``scheduler``): a context runs once, its
+keys/values are kept, and each continuation runs from a copy of them, masked and positioned
+as its whole window would be. Every site's neuron codes one token's values (the k/v neurons
+code the cached keys/values when attention reads them), so this equals running each
+request's whole window, up to float32 summation order. Generation is the model's
+``generate``.
 
-lm-eval 0.4.13 finds models only in its own registry, so importing this module registers
-``phasecode`` there; the ``phasecode-lm-eval`` console script (``main``) does that and then
-runs lm-eval's own CLI. The ``lm_eval.models`` entry point in pyproject.toml lets lm-eval
-releases that discover plugins find it without the wrapper.
+lm-eval 0.4.13 finds models only in its own registry: ``register()`` puts ``phasecode`` there
+(``phasecode-lm-eval``, ``cli/lm_eval.py``, does so before running lm-eval's CLI). The
+``lm_eval.models`` entry point in pyproject.toml lets releases that discover plugins find it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
+import inspect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -46,39 +35,22 @@ from transformers import DynamicCache
 from phasecode.conversion.causal_lm import SpikingModelForCausalLM, greedy_generate
 from phasecode.conversion.convert import SpikingModel
 from phasecode.errors import PhasecodeError
-from phasecode.models.adapters import adapter_for
+from phasecode.evaluation.scheduler import (
+    ContextBatch,
+    KeysValues,
+    Row,
+    TokenRequest,
+    context_pools,
+    full_attention,
+    rows_of,
+    stacked,
+)
 
 MODEL_NAME = "phasecode"
 CONTEXT_FALLBACK = 2048  # context length of a config that states none
 DEFAULT_BATCH_SIZE = 16
-# cached positions (contexts × the pool's widest context, prefix included) whose keys/values a
-# pool of context batches keeps while its continuations run: ~0.4 GB for SmolLM2-135M, ~2.7 GB
-# for a 70B model with grouped KV heads; a single context batch may exceed it
-POOL_POSITIONS = 8192
-TASK_CONFIGS = Path(__file__).parent / "tasks" / "configs"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-
-# (context, continuation) strings, context tokens, continuation tokens: TemplateLM's request
-TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
-# per decoder layer, the keys and values [batch, kv_heads, length, head_dim] of a cache
-KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class _Row:
-    """A loglikelihood request's window split where its scoring starts: ``shared`` runs once
-    for every request with the same value; ``tail``'s last len(targets) logits score ``targets``
-    (all of them, unless context sharing is off)."""
-
-    index: int
-    shared: tuple[int, ...]
-    tail: list[int]
-    targets: list[int]
-
-
-# one context batch: distinct shared tokens with the rows that continue each
-ContextBatch = list[tuple[tuple[int, ...], list[_Row]]]
 
 
 class PhasecodeLM(TemplateLM):
@@ -94,14 +66,16 @@ class PhasecodeLM(TemplateLM):
         max_batch_size: int | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        base_model: str | None = None,
     ) -> None:
         """Load the artifact (with its base model) unless a converted model is given; a
         ``SpikingModelForCausalLM`` answers in its current mode unless ``analog``.
 
         ``device`` is lm-eval's --device (None, or its default cuda:0 on a machine without a
         GPU: a GPU if there is one, else the CPU), ``dtype`` a model
-        argument (default: the dtype the artifact was converted in); ``max_batch_size`` comes
-        from lm-eval's CLI and is ignored.
+        argument (default: the dtype the artifact was converted in), ``base_model`` where the
+        artifact's base model is if it moved; ``max_batch_size`` comes from lm-eval's CLI and
+        is ignored.
         """
         super().__init__()
         if spiking is None:
@@ -117,6 +91,7 @@ class PhasecodeLM(TemplateLM):
                 Path(artifact).expanduser(),
                 device=where,
                 dtype=resolve_dtype(dtype, where) if dtype else None,
+                base_model=base_model,
             )
         if not isinstance(spiking, SpikingModelForCausalLM):
             spiking = SpikingModelForCausalLM(spiking)
@@ -127,14 +102,22 @@ class PhasecodeLM(TemplateLM):
         self.progress = progress
         self.tokenizer = spiking.tokenizer
         self._device = spiking.device
-        self._shares_contexts = _full_attention(spiking.model)
+        self._shares_contexts = full_attention(spiking.model)
 
     @classmethod
     def create_from_arg_obj(
         cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
     ) -> PhasecodeLM:
-        """Like LM's, but a batch_size in model_args wins over the CLI's default --batch_size."""
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        """Like LM's, but a batch_size in model_args wins over the CLI's default --batch_size,
+        and an unknown model arg is one line naming the known ones."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "spiking", "progress"}
+        unknown = sorted(set(arg_dict) - known)
+        if unknown:
+            raise PhasecodeError(
+                f"unknown model arg {', '.join(unknown)} for the phasecode model; it takes "
+                f"{', '.join(sorted(known))}"
+            )
+        extra = {k: v for k, v in (additional_config or {}).items() if k in known and v is not None}
         return cls(**(extra | dict(arg_dict)))
 
     @classmethod
@@ -256,7 +239,7 @@ class PhasecodeLM(TemplateLM):
         tokens = (context + continuation)[-(self.max_length + 1) :]
         return tokens[:-1], tokens[-min(len(continuation), len(tokens) - 1) :]
 
-    def _split(self, index: int, context: list[int], continuation: list[int]) -> _Row:
+    def _split(self, index: int, context: list[int], continuation: list[int]) -> Row:
         """The request's window, shared up to the position that scores its first target.
 
         Truncated windows split the same way: requests share only identical token lists, so
@@ -264,32 +247,15 @@ class PhasecodeLM(TemplateLM):
         sharing (sliding-window layers) every row is the whole window after the prefix."""
         inputs, targets = self._window(context, continuation)
         cut = len(inputs) - len(targets) if self._shares_contexts else 0
-        return _Row(index, tuple(inputs[:cut]), inputs[cut:], targets)
+        return Row(index, tuple(inputs[:cut]), inputs[cut:], targets)
 
-    def _context_pools(self, rows: list[_Row]) -> list[list[ContextBatch]]:
-        """Rows grouped by shared tokens, in batches of batch_size contexts, longest first (so
-        a batch pads little), and consecutive batches pooled up to POOL_POSITIONS; rows with
-        nothing shared form their own pool, which runs after the prefix alone."""
-        groups: dict[tuple[int, ...], list[_Row]] = {}
-        for row in rows:
-            groups.setdefault(row.shared, []).append(row)
-        pools: list[list[ContextBatch]] = [[[((), groups.pop(()))]]] if () in groups else []
-        ordered = sorted(groups.items(), key=lambda item: -len(item[0]))
-        size, contexts = self.batch_size, 0
-        for at in range(0, len(ordered), size):
-            batch = ordered[at : at + size]
-            width = self._prefix_len + len(pools[-1][0][0][0]) if contexts else 0
-            if not contexts or (contexts + len(batch)) * width > POOL_POSITIONS:
-                pools.append([])
-                contexts = 0
-            pools[-1].append(batch)
-            contexts += len(batch)
-        return pools
+    def _context_pools(self, rows: list[Row]) -> list[list[ContextBatch]]:
+        return context_pools(rows, self.batch_size, self._prefix_len)
 
-    def _score_pool(self, pool: list[ContextBatch]) -> Iterator[tuple[_Row, tuple[float, bool]]]:
+    def _score_pool(self, pool: list[ContextBatch]) -> Iterator[tuple[Row, tuple[float, bool]]]:
         """Run a pool's context batches once each, then every row continuing them,
         batch_size rows per pass, rows of similar tail length together."""
-        past = _stacked([self._run_contexts([shared for shared, _ in batch]) for batch in pool])
+        past = stacked([self._run_contexts([shared for shared, _ in batch]) for batch in pool])
         contexts = [context for batch in pool for context in batch]
         starts = [self._prefix_len + len(shared) for shared, _ in contexts]
         members = [(g, row) for g, (_, group) in enumerate(contexts) for row in group]
@@ -299,7 +265,7 @@ class PhasecodeLM(TemplateLM):
             rows = [row for _, row in members[at : at + self.batch_size]]
             width = max(starts[g] for g in picks)
             answers = self._score_tails(
-                rows, _rows_of(past, picks, width), [starts[g] for g in picks]
+                rows, rows_of(past, picks, width), [starts[g] for g in picks]
             )
             yield from zip(rows, answers, strict=True)
 
@@ -319,7 +285,7 @@ class PhasecodeLM(TemplateLM):
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _score_tails(
-        self, rows: list[_Row], past: KeysValues | None, starts: list[int]
+        self, rows: list[Row], past: KeysValues | None, starts: list[int]
     ) -> list[tuple[float, bool]]:
         """One forward pass of right-padded tails after their rows' cached prefix and context
         (``past``, row-aligned, whose row r holds starts[r] real positions); the vocabulary
@@ -393,45 +359,6 @@ class PhasecodeLM(TemplateLM):
         return _cut(text, until) if any(stop in text for stop in until) else text
 
 
-def _full_attention(model: torch.nn.Module) -> bool:
-    """Whether no layer has a sliding window. A sliding layer's cache drops, and its mask
-    hides, keys by cache slot, which the padding between a context and its continuation
-    shifts: its requests run whole windows instead."""
-    adapter = adapter_for(model)
-    layers = range(adapter.num_layers(model))
-    return all(adapter.sliding_window(model.config, i) is None for i in layers)
-
-
-def _stacked(pasts: list[KeysValues | None]) -> KeysValues | None:
-    """The context batches' keys/values as one batch, each right-padded to the widest (the
-    padding is hidden like a short context's); None when there are none."""
-    if pasts[0] is None:
-        return None
-    if len(pasts) == 1:
-        return pasts[0]
-    width = max(past[0][0].shape[-2] for past in pasts)
-
-    def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[-2])) for t in tensors])
-
-    return [
-        (padded([past[i][0] for past in pasts]), padded([past[i][1] for past in pasts]))
-        for i in range(len(pasts[0]))
-    ]
-
-
-def _rows_of(past: KeysValues | None, picks: list[int], width: int) -> KeysValues | None:
-    """The first `width` cached positions of rows `picks` (a context's row once per
-    continuation)."""
-    if past is None:
-        return None
-    index = torch.tensor(picks, device=past[0][0].device)
-    return [
-        (keys[..., :width, :].index_select(0, index), values[..., :width, :].index_select(0, index))
-        for keys, values in past
-    ]
-
-
 def _cut(text: str, until: list[str]) -> str:
     """Text up to the earliest stop string."""
     return text[: min(text.index(s) for s in until if s in text)]
@@ -464,46 +391,3 @@ def register() -> None:
 
     if MODEL_NAME not in model_registry:
         model_registry.register(MODEL_NAME)(PhasecodeLM)
-
-
-@contextlib.contextmanager
-def quiet_lm_eval(progress: bool) -> Iterator[None]:
-    """lm-eval's info/warning logs off; its per-task 'building contexts' bar off unless
-    progress (it has no switch, so the module's tqdm is swapped for the duration)."""
-    import lm_eval.api.task as task_module
-
-    logger = logging.getLogger("lm_eval")
-    level, bar = logger.level, task_module.tqdm
-    logger.setLevel(logging.ERROR)
-    if not progress:
-        task_module.tqdm = _silent_tqdm
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        task_module.tqdm = bar
-
-
-def _silent_tqdm(iterable=None, *args: Any, **kwargs: Any):
-    return tqdm(iterable, *args, **{**kwargs, "disable": True})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``phasecode-lm-eval``: lm-eval's CLI with the phasecode model and the offline tasks
-    (``--include_path`` to phasecode's task configs is added unless one is given)."""
-    from lm_eval.__main__ import cli_evaluate
-
-    register()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
-        args += ["--include_path", str(TASK_CONFIGS)]
-    sys.argv = [sys.argv[0], *args]
-    try:
-        cli_evaluate()
-    except PhasecodeError as err:
-        print(f"phasecode-lm-eval: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-register()

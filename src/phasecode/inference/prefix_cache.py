@@ -4,11 +4,12 @@ The choice is a property of the model's weights and of the selection windows, an
 it costs about seven forwards (13 s of SmolLM2-135M's 34 s calibration on two CPU cores). A
 conversion of a model already measured, at another T, code or budget, reads the choice back.
 
-The key holds everything the measurement depends on: the weights' fingerprint
-(``models.loading.model_fingerprint``), the selection windows' tokens, the candidates the
-tokenizer yields, the choice rules' constants, the device type, dtype and attention
-implementation, and torch's version. Entries are JSON under $PHASECODE_CACHE/prefix-choice/
-(``measurement_cache``); ``PHASECODE_PREFIX_CACHE=0`` measures every time.
+The key holds everything the measurement depends on: the model's fingerprint
+(``cache.fingerprint``), the selection windows' tokens, the candidates the tokenizer yields,
+the choice rules' constants, the dtype and attention implementation, and the provenance record
+(the code of the choice, the window scoring and the hooks; library versions; the device).
+Entries are JSON under $PHASECODE_CACHE/prefix-choice/ (``cache.measurements``);
+``PHASECODE_PREFIX_CACHE=0`` measures every time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from phasecode.cache.digests import tensor_digest
+from phasecode.cache.measurements import MeasurementCache, model_device, model_facts
 from phasecode.inference import prefix_choice
 from phasecode.inference.prefix_choice import (
     OutlierToken,
@@ -27,9 +30,14 @@ from phasecode.inference.prefix_choice import (
     choose_prefix,
     prefix_candidates,
 )
-from phasecode.measurement_cache import MeasurementCache, model_facts, tensor_digest
 
-CHOICES = MeasurementCache("prefix-choice", "PHASECODE_PREFIX_CACHE", format=1)
+CHOICES = MeasurementCache(
+    "prefix-choice",
+    "PHASECODE_PREFIX_CACHE",
+    format=2,
+    purpose="the prefix a conversion chose for a model by measurement",
+    code=("inference", "calibration/observers.py", "models/adapters"),
+)
 RULES = (
     "LOSS_BUDGET",
     "MIN_PEAK_GAIN",
@@ -51,24 +59,24 @@ def choose_prefix_cached(
 ) -> PrefixChoice:
     """``choose_prefix``, or its earlier result for the same model, windows and rules."""
     choice, _ = CHOICES.remembered(
-        lambda: choice_key(model, tokenizer, windows),
+        lambda: choice_inputs(model, tokenizer, windows),
         lambda: choose_prefix(model, tokenizer, windows, progress),
         _encode,
         _decode,
+        model_device(model),
     )
     return choice
 
 
-def choice_key(model: nn.Module, tokenizer: PreTrainedTokenizerBase, windows: torch.Tensor) -> str:
-    """The entry's name: a digest of everything the choice depends on (module docstring)."""
-    return CHOICES.key(
-        model_facts(model)
-        | {
-            "windows": tensor_digest(windows[: prefix_choice.SELECTION_WINDOWS]),
-            "candidates": prefix_candidates(tokenizer, []),
-            "rules": {name: getattr(prefix_choice, name) for name in RULES},
-        }
-    )
+def choice_inputs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, windows: torch.Tensor
+) -> dict:
+    """What the choice depends on besides the provenance (module docstring)."""
+    return model_facts(model) | {
+        "windows": tensor_digest(windows[: prefix_choice.SELECTION_WINDOWS]),
+        "candidates": prefix_candidates(tokenizer, []),
+        "rules": {name: getattr(prefix_choice, name) for name in RULES},
+    }
 
 
 def _encode(choice: PrefixChoice) -> dict:

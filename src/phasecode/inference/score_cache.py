@@ -4,11 +4,12 @@ Every evaluation of a converted model repeats the same baselines: ``run`` scores
 ANN and the prepared ANN (rotated, after the prefix) on its windows each time, and ``eval``
 or ``energy`` of every artifact of one model scores the plain ANN again. Those scores depend
 only on the weights, the windows, the prefix, the batch size (other GEMM shapes round
-differently), the device, dtype and attention implementation, torch and phasecode's code, so
-a later evaluation reads them back. The spiking model is always measured.
+differently), the dtype and attention implementation, and the provenance record (the code of
+inference, models and conversion; library versions; the device and its capability), so a
+later evaluation reads them back. The spiking model is always measured.
 
 ``PHASECODE_SCORE_CACHE=0`` measures every time. Entries are JSON under
-$PHASECODE_CACHE/window-scores/ (``measurement_cache``).
+$PHASECODE_CACHE/window-scores/ (``cache.measurements``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from phasecode.compile_cache import source_digest
+from phasecode.cache.digests import tensor_digest
+from phasecode.cache.measurements import MeasurementCache, model_device, model_facts
 from phasecode.inference.nll import WindowNLL, perplexity
 from phasecode.inference.prefix import Prefix
-from phasecode.measurement_cache import MeasurementCache, model_facts, tensor_digest
 
-SCORES = MeasurementCache("window-scores", "PHASECODE_SCORE_CACHE", format=1)
+SCORES = MeasurementCache(
+    "window-scores",
+    "PHASECODE_SCORE_CACHE",
+    format=2,
+    purpose="an ANN's perplexity on given windows (run, eval, energy)",
+    code=("inference", "models", "conversion"),
+)
 PLAIN = {"model": "plain"}  # the ANN as loaded, with no surgery installed
 
 
@@ -37,32 +44,29 @@ def perplexity_cached(
     what the forward computes besides the weights (``PLAIN``, or a prepared ANN's rotations
     and balancing: ``SpikingModel.analog_identity``); it must not be a spiking surgery."""
     scores, _ = SCORES.remembered(
-        lambda: score_key(model, windows, prefix, batch_size, forward),
+        lambda: score_inputs(model, windows, prefix, batch_size, forward),
         lambda: perplexity(model, windows, prefix, batch_size, progress),
         _encode,
         _decode,
+        model_device(model),
     )
     return scores
 
 
-def score_key(
+def score_inputs(
     model: nn.Module,
     windows: torch.Tensor,
     prefix: Prefix | None,
     batch_size: int,
     forward: dict,
-) -> str:
-    """The entry's name: a digest of everything the scores depend on (module docstring)."""
-    return SCORES.key(
-        model_facts(model)
-        | {
-            "windows": tensor_digest(windows),
-            "prefix": None if prefix is None else list(prefix.token_ids),
-            "batch_size": batch_size,
-            "forward": forward,
-            "code": source_digest(),
-        }
-    )
+) -> dict:
+    """What the scores depend on besides the provenance (module docstring)."""
+    return model_facts(model) | {
+        "windows": tensor_digest(windows),
+        "prefix": None if prefix is None else list(prefix.token_ids),
+        "batch_size": batch_size,
+        "forward": forward,
+    }
 
 
 def _encode(scores: WindowNLL) -> dict:

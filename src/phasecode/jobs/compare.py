@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from phasecode.artifacts import write_text_atomic
+from phasecode.cache.fingerprint import model_fingerprint
 from phasecode.comparison.evaluate import evaluate_cell, task_scorer
 from phasecode.comparison.grid import calibrations, cell_id, digest
 from phasecode.comparison.settings import CompareSettings
@@ -21,8 +23,8 @@ from phasecode.comparison.store import ResultStore
 from phasecode.comparison.tables import markdown
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
-from phasecode.models.loading import model_fingerprint
 from phasecode.models.placement import load_placed
+from phasecode.outputs import claim_dir
 
 ANN_CONTEXT = ("model", "fingerprint", "corpus", "seq_len", "windows")  # what the ANN row needs
 
@@ -33,6 +35,7 @@ def compare_job(settings: CompareSettings, out: Path, progress: bool = True) -> 
     tasks, score = task_scorer(settings.tasks, settings.task_limit)
     settings = replace(settings, tasks=tasks)
     store = ResultStore(out / "results.json")
+    claim_dir(out)
     corpus = load_corpus(settings.corpus)
     model, tokenizer = load_placed(settings.model, settings.placement)
     windows = token_windows(tokenizer, corpus, settings.seq_len, settings.limit)
@@ -92,5 +95,5 @@ def _write_table(out, store, settings, context, ann_key, keys) -> list:
         "threads": torch.get_num_threads(),
         "tasks": list(settings.tasks),
     }
-    (out / "table.md").write_text(markdown(meta, store.get(ann_key), entries))
+    write_text_atomic(out / "table.md", markdown(meta, store.get(ann_key), entries))
     return entries

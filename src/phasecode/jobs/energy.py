@@ -7,6 +7,7 @@ from pathlib import Path
 
 from phasecode.api.energy import energy_report
 from phasecode.api.simulate import sample_tokens
+from phasecode.artifacts import artifact_id
 from phasecode.coding.neuron import mask_window
 from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, token_windows
@@ -25,6 +26,7 @@ def energy_job(
     progress: bool = True,
     text: str = "wikitext2",
     placement: Placement = CPU,
+    base_model: str | None = None,
 ) -> dict:
     """Counts and energy on ``tokens`` tokens of ``text`` (a corpus name or a file), and the
     perplexity ratios to the plain ANN on its first ``windows`` windows."""
@@ -32,13 +34,13 @@ def energy_job(
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)  # fail before any heavy work
     corpus = load_corpus(text)
-    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype)
+    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype, base_model)
     ppl_windows = token_windows(tokenizer, corpus, seq_len, windows)
     ann_ppl = perplexity_cached(model, ppl_windows, None, 1, progress, PLAIN).ppl
     spiking = load_spiking(artifact, model, tokenizer)
     ids = sample_tokens(spiking, tokens, text)
     report = energy_report(spiking, ids, ppl_windows, ann_ppl, mask_strength, costs, progress)
-    report = {"artifact": str(artifact), **report}
+    report = {"artifact": str(artifact), "artifact_id": artifact_id(artifact), **report}
     print(format_energy(report))
     return report
 

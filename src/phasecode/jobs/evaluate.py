@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from phasecode.artifacts import artifact_id
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
@@ -34,6 +35,7 @@ def evaluate_job(
     tasks: list[str] | None = None,
     task_batch_size: int = 16,
     placement: Placement = CPU,
+    base_model: str | None = None,
 ) -> dict:
     """ANN on its own windows (the standard protocol), then the spiking model on the same
     windows after its prefix; also the prepared ANN with that prefix, so the prefix's own
@@ -48,7 +50,7 @@ def evaluate_job(
     metadata = read_spiking_metadata(artifact)
     sources = {name: load_corpus(name) for name in corpora}
     sources.update({str(path): load_corpus(str(path)) for path in texts})
-    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype)
+    model, tokenizer = load_base_model(metadata, placement.device, placement.dtype, base_model)
     if sources:
         check_seq_len(model, seq_len, len(metadata["spec"]["prefix_tokens"]))
     windows = {k: token_windows(tokenizer, text, seq_len, limit) for k, text in sources.items()}
@@ -58,6 +60,7 @@ def evaluate_job(
         spiking, windows, ann, batch_size, progress, tasks, limit, task_batch_size
     )
     report["artifact"] = str(artifact)
+    report["artifact_id"] = artifact_id(artifact)
     report["spec"] = metadata["spec"]
     print(format_evaluation(report))
     return report
@@ -141,6 +144,11 @@ def warn_prefix_cost(corpus: str, ann: float, prefixed: float) -> None:
         )
 
 
+def _ppl(value: float, decimals: int = 3) -> str:
+    """A perplexity (or ratio) that keeps its column: fixed point, scientific from 1e5 on."""
+    return f"{value:.{decimals}f}" if abs(value) < 1e5 else f"{value:.3e}"
+
+
 def format_evaluation(report: dict) -> str:
     spec = report["spec"]
     lines = [
@@ -150,12 +158,13 @@ def format_evaluation(report: dict) -> str:
     s = report["seconds"]
     if report["ppl"]:
         lines.append(
-            f"{'corpus':<12}{'windows':>8}{'ANN':>10}{'ANN+prefix':>12}{'SNN':>10}{'SNN/ANN':>9}"
+            f"{'corpus':<12}{'windows':>8}{'ANN':>11}{'ANN+prefix':>12}{'SNN':>11}{'SNN/ANN':>10}"
         )
         for name, row in report["ppl"].items():
+            ann, prefixed, snn = (_ppl(row[k]) for k in ("ann", "ann_prefixed", "snn"))
             lines.append(
-                f"{name:<12}{row['windows']:>8}{row['ann']:>10.3f}{row['ann_prefixed']:>12.3f}"
-                f"{row['snn']:>10.3f}{row['ratio']:>9.4f}"
+                f"{name:<12}{row['windows']:>8} {ann:>10} {prefixed:>11} {snn:>10}"
+                f" {_ppl(row['ratio'], 4):>9}"
             )
         remembered = any(row.get("ann_source") == "cache" for row in report["ppl"].values())
         lines.append(

@@ -18,7 +18,6 @@ from phasecode.conversion.causal_lm import SpikingModelForCausalLM, greedy_gener
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
-from phasecode.inference.nll import check_seq_len
 from phasecode.models.placement import CPU, Placement
 from phasecode.simulation.network import SpikingSimulator
 
@@ -79,12 +78,47 @@ def check_request(prompt: str, new_tokens: int) -> None:
         raise PhasecodeError(f"--max-new-tokens must be >= 1, got {new_tokens}")
 
 
+def check_length_early(metadata: dict, prompt: str, new_tokens: int, base_model: str | None):
+    """The context-length check of ``encode_prompt`` with the base model's tokenizer and
+    config only, so that a prompt that cannot fit fails before the weights load (skipped
+    when they cannot be read cheaply: ``encode_prompt`` checks again after loading)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from phasecode.models.devices import DTYPES
+    from phasecode.models.gguf import gguf_cache_path
+    from phasecode.models.resolve import locate
+
+    try:
+        source = locate(base_model or metadata["base_model"]["name"])
+        location = source.location
+        if source.kind == "gguf":
+            dtype = DTYPES[metadata["base_model"].get("dtype", "float32")]
+            location = gguf_cache_path(Path(location), dtype)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        limit = getattr(AutoConfig.from_pretrained(location), "max_position_embeddings", None)
+    except Exception:  # noqa: BLE001 - only a shortcut; the check after loading is the rule
+        return
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    _check_fits(len(ids), new_tokens, len(metadata["spec"]["prefix_tokens"]), limit)
+
+
+def _check_fits(prompt: int, new_tokens: int, prefix: int, limit: int | None) -> None:
+    if limit is not None and prompt + new_tokens + prefix > limit:
+        raise PhasecodeError(
+            f"the prompt ({prompt} tokens) and --max-new-tokens {new_tokens} after the "
+            f"prefix ({prefix} tokens) need {prompt + new_tokens + prefix} positions; the "
+            f"model has {limit}: shorten the prompt or ask for fewer tokens"
+        )
+
+
 def encode_prompt(spiking: SpikingModel, prompt: str, new_tokens: int) -> torch.Tensor:
     """[1, S] prompt ids, checked to fit the context with the prefix and the new tokens."""
     check_request(prompt, new_tokens)
     ids = spiking.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     prefix = len(spiking.prefix) if spiking.prefix is not None else 0
-    check_seq_len(spiking.model, len(ids) + new_tokens, prefix)
+    _check_fits(
+        len(ids), new_tokens, prefix, getattr(spiking.model.config, "max_position_embeddings", None)
+    )
     return torch.tensor([ids], device=next(spiking.model.parameters()).device)
 
 
@@ -97,13 +131,19 @@ def generate_job(
     mask_strength: int = 0,
     placement: Placement = CPU,
     analog: bool = False,
+    base_model: str | None = None,
 ) -> dict:
     """Generate and print the continuation; with ``analog`` also the prepared ANN's."""
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)
     check_request(prompt, new_tokens)  # before the model loads
+    check_length_early(metadata, prompt, new_tokens, base_model)
     spiking = load_spiking(
-        artifact, float64=float64, device=placement.device, dtype=placement.dtype
+        artifact,
+        float64=float64,
+        device=placement.device,
+        dtype=placement.dtype,
+        base_model=base_model,
     )
     ids = encode_prompt(spiking, prompt, new_tokens)
     start = time.perf_counter()

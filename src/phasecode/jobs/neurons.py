@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
-from phasecode.artifacts import save_artifact
+from phasecode.artifacts import NEURONS_KIND, save_artifact
 from phasecode.calibration.sampling import sample_sites
-from phasecode.models.loading import base_record, model_reference
+from phasecode.calibration.text import DEFAULT_CALIBRATION
+from phasecode.models.loading import base_record
 from phasecode.models.placement import CPU, Placement, load_placed
 from phasecode.models.quantize import check_weight_bits, quantize_model
+from phasecode.models.resolve import model_reference
 from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.training.fit import fit_codes, score_sites
 
@@ -95,7 +97,7 @@ def save_neurons(out, fit, sites, base, settings, sampling, report) -> None:
         tensors["loss_curve"] = fit.loss_curve
     metadata = {
         "loss_phases": fit.loss_phases,
-        "kind": "neurons",
+        "kind": NEURONS_KIND,
         "method": settings.method,
         "timesteps": settings.timesteps,
         "grains": settings.grains,
@@ -105,7 +107,7 @@ def save_neurons(out, fit, sites, base, settings, sampling, report) -> None:
         "weight_bits": report["weight_bits"],
         "sampling": {
             "samples": sampling.samples,
-            "calibration": str(sampling.calibration),
+            "calibration": str(sampling.calibration or DEFAULT_CALIBRATION),
             "sequences": sampling.sequences,
             "seq_len": sampling.seq_len,
             "prefix_bos": sampling.prefix_bos,

@@ -22,10 +22,9 @@ from phasecode.conversion.convert import Calibrated, calibrate, fit_spiking
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
 from phasecode.models.placement import CPU, Placement, load_placed
-from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings
-from phasecode.simulation.budget import fit_under_budget
+from phasecode.settings import EnergyBudget, FitSettings, SamplingSettings, TrainConfig
+from phasecode.simulation.budget import budget_strategy
 from phasecode.simulation.energy import load_costs
-from phasecode.training.alternating import TrainConfig
 
 RESULTS, TABLE, PLOT = "pareto.json", "pareto.md", "pareto.png"
 
@@ -112,12 +111,8 @@ def _measure_point(
     if point.budget is None:
         spiking = fit_spiking(calibrated, fit, progress=False)
     else:
-        spiking = fit_under_budget(
-            calibrated,
-            fit,
-            EnergyBudget(point.budget, context=tokens, mode=point.budget_mode),
-            False,
-        )
+        settings = EnergyBudget(point.budget, context=tokens, mode=point.budget_mode)
+        spiking = fit_spiking(calibrated, fit, False, budget_strategy(settings))
         budget = spiking.report["energy_budget"]
     ids = sample_tokens(spiking, tokens, text)
     ann, snn, _ = measure(spiking, ids, point.mask, costs)

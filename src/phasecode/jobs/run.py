@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from phasecode.artifacts import artifact_id
 from phasecode.conversion.config import ConversionConfig
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len
@@ -29,5 +30,6 @@ def run_job(
     spiking = convert_loaded(model, tokenizer, ConversionConfig(), out, progress=progress)
     report = evaluate_spiking(spiking.spiking, windows, ann, progress=progress)
     report["artifact"] = str(out)
+    report["artifact_id"] = artifact_id(out)
     print(format_evaluation(report))
     return report

@@ -20,13 +20,14 @@ def simulate_job(
     mask_strength: int = 0,
     text: str | None = None,
     device: torch.device | str = "cpu",
+    base_model: str | None = None,
 ) -> dict:
     """Simulate ``tokens`` tokens of ``text`` (default: WikiText-2 test) and, with ``check``,
     compare with the fast path (``api.simulate.simulation_report``)."""
     metadata = read_spiking_metadata(artifact)
     mask_window(metadata["spec"]["timesteps"], mask_strength)
     load_corpus(text or "wikitext2")  # a missing text file is refused before the model loads
-    spiking = load_spiking(artifact, float64=float64, device=device)
+    spiking = load_spiking(artifact, float64=float64, device=device, base_model=base_model)
     ids = sample_tokens(spiking, tokens, text)
     report = {"artifact": str(artifact), **simulation_report(spiking, ids, check, mask_strength)}
     print(format_simulation(report))

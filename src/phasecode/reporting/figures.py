@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from torch import Tensor
 
+from phasecode.artifacts import written_atomically
 from phasecode.calibration.histograms import SiteHistogram, site_histogram
 from phasecode.coding.table import CodeTable
 from phasecode.models.sites import site_kind
@@ -49,9 +50,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """The figure as a PNG, written atomically (no cut-off file after a kill or a full disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     return path
 
 

@@ -18,13 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from phasecode.artifacts import load_artifact
+from phasecode.artifacts import (
+    NEURONS_KIND,
+    SPIKING_MODEL_KIND,
+    load_artifact,
+    write_text_atomic,
+)
 from phasecode.errors import PhasecodeError
 from phasecode.models.sites import site_kind
+from phasecode.outputs import claim_dir
 from phasecode.reporting import figures
 
-SPIKING_KIND = "spiking-model"  # conversion.store.KIND, not imported: that pulls in the model stack
-ARTIFACT_KINDS = (SPIKING_KIND, "neurons")
+ARTIFACT_KINDS = (SPIKING_MODEL_KIND, NEURONS_KIND)
 EVAL_NAMES = ("eval.json", "evaluation.json")  # looked for in the artifact directory
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -373,10 +378,11 @@ def write_report(
     """Write report.md, report.html and the figure PNGs to ``out_dir``; return report.md's
     path. ``eval_json`` defaults to an eval.json in the artifact directory, if any."""
     out_dir = Path(out_dir)
+    claim_dir(out_dir)
     blocks = build_blocks(artifact_dir, out_dir, energy_json, compare_dir, eval_json)
     markdown_path = out_dir / "report.md"
-    markdown_path.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(blocks), encoding="utf-8")
+    write_text_atomic(markdown_path, render_markdown(blocks, out_dir))
+    write_text_atomic(out_dir / "report.html", render_html(blocks))
     return markdown_path
 
 

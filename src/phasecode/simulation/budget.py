@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from phasecode.coding.neuron import spikes, value
-from phasecode.conversion.convert import Calibrated, SpikingModel, fit_spiking, probs_bias
+from phasecode.conversion.convert import Calibrated, SpikingModel, Train, probs_bias
 from phasecode.settings import EnergyBudget, FitSettings
 from phasecode.simulation.energy import load_costs
 from phasecode.simulation.estimate import SiteEnergy, site_energy
@@ -193,18 +193,28 @@ def budget_plan(
     return BudgetPlan(budget, energy, options, sensitivity, choice, time.perf_counter() - start)
 
 
-def fit_under_budget(
-    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool = True
-) -> SpikingModel:
-    """The spiking model under ``budget``, by its mode; the report's ``energy_budget`` says
-    what was chosen and predicted."""
-    if budget.mode == "price":
-        return _fit_at_price(calibrated, fit, budget, progress)
-    return _fit_by_knapsack(calibrated, fit, budget, progress)
+@dataclass(frozen=True)
+class BudgetStrategy:
+    """``fit_spiking``'s strategy under an energy budget, by its mode; the report's
+    ``energy_budget`` says what was chosen and predicted."""
+
+    budget: EnergyBudget
+
+    def fit(
+        self, calibrated: Calibrated, fit: FitSettings, progress: bool, train: Train
+    ) -> SpikingModel:
+        if self.budget.mode == "price":
+            return _fit_at_price(calibrated, fit, self.budget, progress, train)
+        return _fit_by_knapsack(calibrated, fit, self.budget, progress, train)
+
+
+def budget_strategy(budget: EnergyBudget | None) -> BudgetStrategy | None:
+    """The strategy for ``budget`` (None: no budget, every site at T)."""
+    return None if budget is None else BudgetStrategy(budget)
 
 
 def _fit_at_price(
-    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool
+    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool, train: Train
 ) -> SpikingModel:
     """Every site at T; training holds the spikes' energy to what the budget leaves after the
     fixed per-step work."""
@@ -225,7 +235,7 @@ def _fit_at_price(
     unit = spike_prices(sensitivity, energy, 1.0)
     spike_budget = SpikeBudget(energy.width * energy.spike_pj, max(allowed, 0.0))
     seconds = time.perf_counter() - start
-    spiking = fit_spiking(c, fit, progress, None, unit, spike_budget)
+    spiking = train(None, unit, spike_budget)
     trained = _trained_spikes(spiking)
     prices = spiking.report["spike_prices"]
     spiking.report["energy_budget"] = {
@@ -240,19 +250,19 @@ def _fit_at_price(
 
 
 def _fit_by_knapsack(
-    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool
+    calibrated: Calibrated, fit: FitSettings, budget: EnergyBudget, progress: bool, train: Train
 ) -> SpikingModel:
     """Plan, train, and when the trained neurons' predicted energy misses the budget, plan
     once more from their spike counts and train again."""
     plan = budget_plan(calibrated, fit, budget, progress)
-    spiking = fit_spiking(calibrated, fit, progress, plan.steps, plan.spike_costs)
+    spiking = train(plan.steps, plan.spike_costs)
     trained = _trained_spikes(spiking)
     if plan.choice.reachable and plan.energy.ratio(trained, plan.steps) > budget.ratio:
         start = time.perf_counter()
         plan = plan.corrected(trained)
         plan.seconds += time.perf_counter() - start
         seconds = spiking.report["seconds"]["training"]
-        spiking = fit_spiking(calibrated, fit, progress, plan.steps, plan.spike_costs)
+        spiking = train(plan.steps, plan.spike_costs)
         spiking.report["seconds"]["training"] += seconds
         trained = _trained_spikes(spiking)
     spiking.report["energy_budget"] = plan.report(trained)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from phasecode.coding.table import CodeTable
 from phasecode.errors import PhasecodeError
+from phasecode.settings import TrainConfig
 from phasecode.training.lagrangian import lowest_price
 from phasecode.training.neurons import (
     PhaseNeurons,
@@ -39,38 +40,6 @@ from phasecode.training.neurons import (
 )
 from phasecode.training.objective import site_error
 from phasecode.training.uniform import best_step
-
-MODES = ("alternating", "joint", "coupled")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of Alg. 1 (N, N1, N2, η1, η2) and Alg. 2 (N_α, η_α)."""
-
-    rounds: int = 40  # N
-    threshold_steps: int = 4  # N1, steps on {h, θ}
-    base_steps: int = 8  # N2, steps on B (cheap: exact quadratic, see neurons.py)
-    lr_threshold: float = 0.03  # η1, relative to each step's start value
-    lr_base: float = 0.03  # η2
-    sharpness: float = 4.0  # surrogate sigmoid slope, in units of 1/d(t)
-    mode: str = "alternating"
-    search_steps: int = 40  # N_α
-    lr_alpha: float = 0.1  # η_α
-    search_samples: int = 512  # samples per site used during the allocation search
-    # samples per site in each θ/h step of alternating/coupled training (consecutive slices in
-    # turn; reservoir samples are in random order); None: all. B steps and the kept-best
-    # choice always see every sample. 2500 of 10k: 4× cheaper steps at the same conversion
-    # error (docs/method.md#training-eq-10-alg-1)
-    batch_samples: int | None = 2500
-
-    def __post_init__(self) -> None:
-        if self.batch_samples is not None and self.batch_samples < 1:
-            raise PhasecodeError(
-                f"--batch-samples must be a count >= 1 or all, got {self.batch_samples}"
-            )
-        if self.mode not in MODES:
-            raise PhasecodeError(f"unknown training mode {self.mode!r}; choose from {MODES}")
-
 
 PRICE_RATE = 2.0  # dual ascent: log μ moves by this × the budget's projected excess per round
 PRICE_STEP = 0.3  # ... by at most this much (×1.35) per round

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from phasecode import compile_cache
+from phasecode.cache import kernels
+from phasecode.cache.kernels import mark_dynamic
 from phasecode.coding.table import UNLIMITED, CodeTable
-from phasecode.compile_cache import mark_dynamic
 from phasecode.training.surrogate import sigmoid_slope, slopes
 
 
@@ -46,7 +46,7 @@ def spike_train(magnitude: Tensor, table: CodeTable) -> Tensor:
     """The spikes s(1..T) of ``magnitude`` [S, N] as [S, T, N] (values in {−1, 0, 1})."""
     _check_trainable(magnitude, table)
     negative = table.negative_threshold if table.signed else table.threshold
-    kernel = compile_cache.compiled(_spike_train, dynamic=None)
+    kernel = kernels.compiled(_spike_train, dynamic=None)
     per_site = _per_site(table.threshold, negative, table.reset)
     return kernel(*_samples(magnitude), *per_site, table.signed)
 
@@ -72,7 +72,7 @@ def _per_site(*tensors: Tensor) -> list[Tensor]:
 class _SurrogateDynamics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, magnitude, threshold, negative, reset, weight, k, signed: bool):
-        kernel = compile_cache.compiled(_forward, dynamic=None)
+        kernel = kernels.compiled(_forward, dynamic=None)
         per_site = _per_site(threshold, negative, reset, weight)
         out, count = kernel(*_samples(magnitude), *per_site, signed)
         ctx.save_for_backward(magnitude, threshold, negative, reset, weight, k)
@@ -81,7 +81,7 @@ class _SurrogateDynamics(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_count):
-        kernel = compile_cache.compiled(_backward, dynamic=None)
+        kernel = kernels.compiled(_backward, dynamic=None)
         magnitude, *parameters = ctx.saved_tensors
         (magnitude,) = _samples(magnitude)
         grad_out, grad_count = _samples(grad_out, grad_count)

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from phasecode.coding.allocation import candidate_allocations
-from phasecode.training.alternating import TrainConfig, init_neurons, site_scale
+from phasecode.settings import TrainConfig
+from phasecode.training.alternating import init_neurons, site_scale
 from phasecode.training.neurons import quadratic_loss, spike_statistics
 from phasecode.training.objective import site_error
 

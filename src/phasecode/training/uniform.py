@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from phasecode import compile_cache
-from phasecode.compile_cache import mark_dynamic
+from phasecode.cache import kernels
+from phasecode.cache.kernels import mark_dynamic
 from phasecode.training.objective import squared_error
 
 
@@ -24,7 +24,7 @@ def grid_error(
 ) -> Tensor:
     """[S] (weighted) MSE of the grid of ``step`` [S] on ``magnitude`` [S, N], as one fused
     pass when compiled (the step search evaluates 72 grids per site)."""
-    kernel = compile_cache.compiled(_grid_error, dynamic=None)
+    kernel = kernels.compiled(_grid_error, dynamic=None)
     magnitude = mark_dynamic(magnitude.detach(), 0, 1)
     step = mark_dynamic(step.detach(), 0)
     weight = None if weight is None else mark_dynamic(weight.detach(), 0, 1)

@@ -10,10 +10,15 @@ equivalent path (``spiking.coded()``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.tasks.data import SOURCES
+from phasecode.evaluation.tasks.data import SOURCES, TASK_CONFIGS
 
 if TYPE_CHECKING:
     from phasecode.conversion.convert import SpikingModel
@@ -125,9 +130,29 @@ def run_lm_eval(lm: Any, tasks: list[str], limit: int | None, progress: bool = T
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
-    from phasecode.evaluation.harness import TASK_CONFIGS, quiet_lm_eval
-
     with quiet_lm_eval(progress):
         manager = TaskManager(include_path=str(TASK_CONFIGS), include_defaults=False)
         loaded = manager.load([lm_eval_name(task) for task in tasks])
         return evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(progress: bool) -> Iterator[None]:
+    """lm-eval's info/warning logs off; its per-task 'building contexts' bar off unless
+    progress (it has no switch, so the module's tqdm is swapped for the duration)."""
+    import lm_eval.api.task as task_module
+
+    logger = logging.getLogger("lm_eval")
+    level, bar = logger.level, task_module.tqdm
+    logger.setLevel(logging.ERROR)
+    if not progress:
+        task_module.tqdm = _silent_tqdm
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        task_module.tqdm = bar
+
+
+def _silent_tqdm(iterable=None, *args: Any, **kwargs: Any):
+    return tqdm(iterable, *args, **{**kwargs, "disable": True})

@@ -22,6 +22,7 @@ ARC_FORMAT = (
     'one JSON object per line: {"id", "question": {"stem", "choices": [{"text", "label"}, ...]}, '
     '"answerKey"} with answerKey among the labels'
 )
+TASK_CONFIGS = Path(__file__).parent / "configs"  # the lm-eval task YAMLs reading these files
 PIQA_FORMAT = 'one JSON object per line {"goal", "sol1", "sol2"}, and a label file of 0/1 per line'
 WINOGRANDE_FORMAT = (
     'one JSON object per line {"sentence" with exactly one "_", "option1", "option2"}, and a label '

@@ -3,7 +3,9 @@
 PHASECODE_COMPILE=0 runs every kernel eagerly (the same Python code). Otherwise each kernel is
 compiled with dynamic shapes, so new batch and sequence sizes reuse its graph, and saved whole
 per call signature (``Precompiled``), so a second process neither traces nor generates code;
-inductor's own caches live under phasecode's cache directory too.
+inductor's own caches live under phasecode's cache directory too. A saved kernel is keyed by
+the provenance record (``provenance``: phasecode's source, torch, Python, the device and its
+capability), so a kernel compiled on another node of a shared $HOME is never loaded here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import weakref
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from phasecode.cache.locks import building
+from phasecode.cache.provenance import provenance
+from phasecode.cache.root import kind_dir, writable
+
+KIND = "torch-compile"
 
 
 def enabled() -> bool:
@@ -25,17 +33,18 @@ def enabled() -> bool:
 
 
 def compile_dir() -> Path:
-    """$PHASECODE_CACHE/torch-compile (the same root as ``models.loading.cache_dir``)."""
-    root = os.environ.get("PHASECODE_CACHE") or "~/.cache/phasecode"
-    return Path(root).expanduser() / "torch-compile"
+    """$PHASECODE_CACHE/torch-compile."""
+    return kind_dir(KIND)
 
 
 def use_persistent_cache() -> None:
-    """Point inductor's caches at ``compile_dir`` unless TORCHINDUCTOR_CACHE_DIR is set.
+    """Point inductor's caches at ``compile_dir`` unless TORCHINDUCTOR_CACHE_DIR is set (or
+    the cache cannot be written: inductor then keeps its own default).
 
     Inductor reads that variable when it first needs its cache, so this must run before the
     process compiles anything; ``compiled`` calls it."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_dir()))
+    if writable():
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_dir()))
 
 
 _COMPILED: dict[Callable, Callable] = {}
@@ -100,19 +109,22 @@ class Precompiled:
             self._kernels[key] = self._fallback()
             return self._kernels[key](*args)
 
-    def path(self, key: tuple) -> Path:
-        digest = hashlib.sha256(f"{key!r}|{source_digest()}|{torch.__version__}".encode())
+    def path(self, key: tuple, args: tuple) -> Path:
+        device = next((a.device for a in _tensors(args)), None)
+        record = provenance(device)
+        digest = hashlib.sha256(f"{key!r}|{sorted(record.items())!r}".encode())
         return compile_dir() / "aot" / f"{self.name}-{digest.hexdigest()[:24]}.bin"
 
     def _load_or_compile(self, key: tuple, args: tuple) -> Callable:
-        path = self.path(key)
-        try:
-            with path.open("rb") as handle:
-                return torch.compiler.load_compiled_function(handle)
-        except FileNotFoundError:
-            pass
-        except Exception:  # noqa: BLE001 - a stale or torn file: compile and replace it
-            path.unlink(missing_ok=True)
+        path = self.path(key, args)
+        kernel = _load(path)
+        if kernel is not None:
+            return kernel
+        with building(path, f"kernel {self.name}"):
+            kernel = _load(path)  # compiled by another process while this one waited
+            return kernel if kernel is not None else self._compile(path, args)
+
+    def _compile(self, path: Path, args: tuple) -> Callable:
         try:
             with warnings.catch_warnings():  # dynamo's guard builder reads views' .grad
                 warnings.filterwarnings("ignore", ".*grad attribute of a Tensor that is not a leaf")
@@ -129,6 +141,26 @@ class Precompiled:
         if self._jit is None:
             self._jit = torch.compile(self.fn, dynamic=self.dynamic)
         return self._jit
+
+
+def _load(path: Path) -> Callable | None:
+    """The saved kernel, or None (none yet; a stale or torn file is removed)."""
+    try:
+        with path.open("rb") as handle:
+            return torch.compiler.load_compiled_function(handle)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a stale or torn file: compile and replace it
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _tensors(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _tensors(item)
 
 
 def _save(kernel, path: Path) -> None:
@@ -153,9 +185,11 @@ def unmarked(value):
 
 
 # A call's tuples are mostly the same objects every time (a neuron's fused arguments), so their
-# signatures are remembered by identity (the entry holds the tuple, so its id stays its own).
-# A tensor in one that changed dtype or size since would only fail the kernel's guards, and the
-# call then runs through torch.compile (``Precompiled.__call__``).
+# signatures are remembered by identity: an entry keeps weak references to the tuple's tensors
+# (not the tensors: a sweep's discarded neurons are freed, GPU memory included) and is valid
+# while the same tuple holds the same live tensors. A tensor in one that changed dtype or size
+# since would only fail the kernel's guards, and the call then runs through torch.compile
+# (``Precompiled.__call__``).
 TUPLE_MEMORY = 1024
 _TUPLE_SIGNATURES: dict[tuple[int, bool], tuple[tuple, tuple]] = {}
 
@@ -175,27 +209,40 @@ def signature(value, all_dynamic: bool = False) -> tuple | str | int | float | b
         return (value.dtype, value.device, sizes, value.is_contiguous(), value.requires_grad)
     if isinstance(value, tuple):
         remembered = _TUPLE_SIGNATURES.get((id(value), all_dynamic))
-        if remembered is not None and remembered[0] is value:
+        if remembered is not None and _same_leaves(value, remembered[0]):
             return remembered[1]
         key = tuple(signature(v, all_dynamic) for v in value)
         if len(_TUPLE_SIGNATURES) >= TUPLE_MEMORY:
             _TUPLE_SIGNATURES.clear()
-        _TUPLE_SIGNATURES[(id(value), all_dynamic)] = (value, key)
+        leaves = tuple(weakref.ref(v) if isinstance(v, Tensor) else v for v in _leaves(value))
+        _TUPLE_SIGNATURES[(id(value), all_dynamic)] = (leaves, key)
         return key
     if callable(value):
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
     return value
 
 
-@cache
-def source_digest() -> str:
-    """sha256 of phasecode's source files: a saved kernel is as old as the code it traced."""
-    digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def _leaves(value: tuple):
+    for item in value:
+        if isinstance(item, tuple):
+            yield from _leaves(item)
+        else:
+            yield item
+
+
+def _same_leaves(value: tuple, remembered: tuple) -> bool:
+    """Whether ``value`` is the tuple an entry was made for: the same live tensors (a new
+    tuple at a freed one's address fails this) and the same other values, leaf by leaf."""
+    leaves = list(_leaves(value))
+    if len(leaves) != len(remembered):
+        return False
+    for leaf, kept in zip(leaves, remembered, strict=True):
+        if isinstance(leaf, Tensor):
+            if not isinstance(kept, weakref.ref) or kept() is not leaf:
+                return False
+        elif isinstance(kept, weakref.ref) or kept != leaf:
+            return False
+    return True
 
 
 def mark_dynamic(tensor: Tensor, *dims: int) -> Tensor:
