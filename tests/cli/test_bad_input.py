@@ -125,6 +125,7 @@ CASES = [
     (["eval", "{root}/artifact", "--base-model", "{root}/nowhere"], ["nowhere", "not found"]),
     (_convert("--config", "{root}/recipe.txt", "--out", "{root}/new"), [".yaml"]),
     (_convert("--config", "{root}/missing.yaml", "--out", "{root}/new"), ["not found"]),
+    (["generate", "{root}/artifact", "--prompt", "x" * 150], ["positions", "--max-new-tokens"]),
     # the cache
     (["cache", "ls", "nope"], ["unknown cache kind"]),
     (["cache", "prune", "--max-size", "x"], ["not a size"]),
@@ -160,3 +161,32 @@ def test_bad_input_is_one_line_before_any_model_loads(
         assert needle in lines[0], lines[0]
     assert _snapshot(world) == before
     assert not list(tmp_path.iterdir())
+
+
+def test_a_second_writer_of_one_out_and_a_full_disk_are_refused(world, capsys, monkeypatch):
+    """Another process writing the same --out (its lock held here), and a file system with no
+    room for the artifact: one line each, before any model loads."""
+    import shutil
+    from collections import namedtuple
+
+    from phasecode.outputs import exclusive_output
+
+    out = world / "contested"
+    argv = _convert("--out", str(out))
+    argv = [a.replace("{root}", str(world)) for a in argv] + CONVERT
+    with exclusive_output(out):
+        assert main(argv) == 2
+    assert "another phasecode process is writing" in capsys.readouterr().err
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    assert main(argv) == 2
+    assert "MiB free" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_cache_root_that_is_a_file_is_one_line(world, capsys, monkeypatch, tmp_path):
+    (tmp_path / "cache").write_text("not a directory")
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path / "cache"))
+    assert main(["cache", "du"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a directory" in err[0]

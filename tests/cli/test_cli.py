@@ -304,3 +304,22 @@ def test_bogus_method_lists_the_choices(capsys):
     assert "invalid choice: 'bogus'" in err
     for method in METHODS:
         assert method in err
+
+
+def test_the_eval_table_keeps_its_columns_at_huge_perplexities():
+    from phasecode.jobs.evaluate import format_evaluation
+
+    row = {"windows": 2, "ann": 123456.789, "ann_prefixed": 2.5e7, "snn": 9.9e9, "ratio": 80190.0}
+    report = {
+        "spec": {
+            "method": "mgpc",
+            "timesteps": 8,
+            "grains": 2,
+            "rotate": True,
+            "prefix_tokens": [],
+        },
+        "seconds": {"ann": 1.0, "snn": 2.0},
+        "ppl": {"wikitext2": row},
+    }
+    line = format_evaluation(report).splitlines()[2]
+    assert line.split() == ["wikitext2", "2", "1.235e+05", "2.500e+07", "9.900e+09", "80190.0000"]

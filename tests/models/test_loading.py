@@ -356,3 +356,22 @@ def test_check_fits_refuses_bad_names_early(tmp_path):
         check_fits(str(tmp_path))
     with pytest.raises(PhasecodeError, match="--device-map"):
         check_fits(DEFAULT_MODEL, device_map="balanced")
+
+
+def test_an_incomplete_copy_is_rebuilt(tiny_model, cache, tmp_path, monkeypatch):
+    """A copy that lost a file (its tokenizer, say) is dequantized again, not loaded half."""
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model("llama"))
+    calls = _count_dequantize(monkeypatch, fail_after=2)
+    load_model(str(path))
+    copy = gguf_files.gguf_cache_path(path)
+    (copy / "tokenizer.json").unlink()
+    load_model(str(path))
+    assert len(calls) == 2 and (copy / "tokenizer.json").is_file()
+
+
+def test_a_gguf_phasecode_cannot_convert_is_refused_from_its_header(tmp_path, tiny_model, cache):
+    """transformers reads phi3 GGUFs; phasecode has no adapter for them: refused before any
+    dequantization."""
+    path = write_tiny_gguf(tmp_path / "phi.gguf", tiny_model("llama"), architecture="phi3")
+    _fails(str(path), str(path), "not one phasecode converts")
+    assert not (cache / "models").exists() or not any((cache / "models").iterdir())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from phasecode.cache.root import cache_dir
 from phasecode.cli import (
     cache,
     compare,
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
+        cache_dir()  # a cache root that is a file is refused before any work
         return COMMANDS[args.command].run(args)
     except PhasecodeError as err:
         print(f"phasecode: error: {err}", file=sys.stderr)
