@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
+# the public API: imported from phasecode.api on first use
+PUBLIC_NAMES = [
     "ConfigError",
     "ConversionConfig",
     "PhasecodeError",
@@ -26,6 +27,7 @@ __all__ = [
     "simulate",
     "zero_shot",
 ]
+__all__ = PUBLIC_NAMES
 
 if TYPE_CHECKING:
     from phasecode.api import (  # noqa: F401
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in PUBLIC_NAMES:
         return getattr(importlib.import_module("phasecode.api"), name)
     raise AttributeError(f"module 'phasecode' has no attribute {name!r}")
 

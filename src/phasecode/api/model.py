@@ -1,5 +1,5 @@
-"""Load a base model, convert it, load a converted one: the public entry points
-``phasecode.load_model``, ``phasecode.convert`` and ``phasecode.load``."""
+"""Load a base model and convert it: the public entry points ``phasecode.load_model`` and
+``phasecode.convert`` (``phasecode.load`` is ``SpikingModelForCausalLM.from_pretrained``)."""
 
 from __future__ import annotations
 
@@ -79,30 +79,6 @@ def convert(
     spiking = fit_spiking(calibrated, config.fit_settings(), progress, budget_strategy(budget))
     spiking.report["config"] = config.to_dict()
     return SpikingModelForCausalLM(spiking, base)
-
-
-def load(
-    directory: str | Path,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype | None = None,
-    model: nn.Module | None = None,
-    tokenizer=None,
-    float64: bool = False,
-    base_model: str | None = None,
-) -> SpikingModelForCausalLM:
-    """A saved spiking model (``save_pretrained`` or ``phasecode convert``) with its base
-    model re-read and checked, on ``device`` in ``dtype`` (None: the dtype it was converted
-    in); ``model``/``tokenizer``: the base model already loaded (unchanged); ``base_model``:
-    where the base model is now, if it moved since the conversion."""
-    return SpikingModelForCausalLM.from_pretrained(
-        directory,
-        device=device,
-        dtype=dtype,
-        model=model,
-        tokenizer=tokenizer,
-        float64=float64,
-        base_model=base_model,
-    )
 
 
 def as_config(config: ConversionConfig | Mapping | str | Path | None) -> ConversionConfig:
