@@ -24,6 +24,7 @@ import torch
 from phasecode.api.energy import masked_perplexity, measure
 from phasecode.api.simulate import sample_tokens
 from phasecode.artifacts import write_json_atomic
+from phasecode.conversion.config import ConversionConfig
 from phasecode.conversion.store import load_spiking, read_spiking_metadata
 from phasecode.evaluation.perplexity import load_corpus, token_windows
 from phasecode.inference.nll import perplexity
@@ -31,7 +32,6 @@ from phasecode.jobs.convert import convert_job
 from phasecode.jobs.simulate import simulate_job
 from phasecode.models.loading import load_model
 from phasecode.models.resolve import DEFAULT_MODEL
-from phasecode.settings import FitSettings, SamplingSettings
 from phasecode.simulation.energy import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ DOC = ROOT / "docs" / "results-energy.md"
 
 def run(artifact: Path, tokens: int, windows_n: int, strengths: list[int]) -> dict:
     if not artifact.exists():
-        convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), artifact, progress=False)
+        convert_job(DEFAULT_MODEL, ConversionConfig(), artifact, progress=False)
     shown = artifact.resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     results = {"artifact": str(shown), "tokens": tokens}

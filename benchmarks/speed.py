@@ -47,11 +47,11 @@ LMEVAL_ITEMS = 300
 
 def _artifact(path: Path) -> Path:
     if not path.exists():
+        from phasecode.conversion.config import ConversionConfig
         from phasecode.jobs.convert import convert_job
         from phasecode.models.resolve import DEFAULT_MODEL
-        from phasecode.settings import FitSettings, SamplingSettings
 
-        convert_job(DEFAULT_MODEL, FitSettings(), SamplingSettings(), path, progress=False)
+        convert_job(DEFAULT_MODEL, ConversionConfig(), path, progress=False)
     return path
 
 
