@@ -165,3 +165,43 @@ def test_two_evaluations_of_one_artifact_at_once(tmp_path, tiny_tokenizer):
     key = str(root / "eval.txt")
     assert reports[0]["ppl"][key]["snn"] == reports[1]["ppl"][key]["snn"]
     assert reports[0]["ppl"][key]["ann"] == reports[1]["ppl"][key]["ann"]
+
+
+def test_a_kill_during_convert_then_a_rerun_without_force(tmp_path, tiny_tokenizer):
+    """kill -9 while a conversion trains: nothing half-written under --out, the lock goes with
+    the process, and the same command runs again without --force."""
+    root = cli_files(tmp_path, tiny_tokenizer)
+    started = tmp_path / "training.started"
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from phasecode.conversion import convert
+        real = convert._train
+
+        def slow(*args, **kwargs):
+            open({str(started)!r}, "w").close()
+            time.sleep(60)
+            return real(*args, **kwargs)
+
+        convert._train = slow
+        from phasecode.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    argv = ["convert", "--model", str(root / "model"), "--calibration", str(root / "calib.jsonl")]
+    argv += ["--samples", "32", "--sequences", "4", "--seq-len", "32", "-T", "4", "--no-prefix"]
+    argv += ["--quiet", "--out", str(tmp_path / "art")]
+    env = _env(tmp_path / "cache")
+    victim = subprocess.Popen([sys.executable, "-c", child, *argv], env=env)
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), "the conversion never reached training"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    art = tmp_path / "art"
+    assert not art.exists() or not [p for p in art.iterdir() if not p.name.startswith(".")]
+    phasecode = str(Path(sys.executable).parent / "phasecode")
+    done = subprocess.run([phasecode, *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((art / "neurons.json").read_text())["kind"] == "spiking-model"
