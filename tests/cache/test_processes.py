@@ -64,9 +64,9 @@ def _load(gguf_path: Path, env: dict) -> subprocess.Popen:
 def test_two_processes_dequantize_one_gguf_once(tmp_path):
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama())
     log = tmp_path / "dequantized.log"
-    env = _env(tmp_path / "cache", DEQUANTIZED=str(log))
+    env = _env(tmp_path / "cache", DEQUANTIZED=str(log), SLOW="8")
     first = _load(path, env)
-    time.sleep(1.0)  # the first holds the lock while it dequantizes (slowed to 2 s)
+    time.sleep(1.0)  # the first holds the lock while it dequantizes (slowed by 8 s)
     second = _load(path, env)
     outputs = [p.communicate(timeout=300) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
