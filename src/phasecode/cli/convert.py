@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from phasecode.simulation.energy import load_costs
 
     config = options.conversion_config(args)
-    options.sampling_settings(args)  # the calibration file and the sampling, checked
+    options.check_calibration(args)
     if config.energy_budget is not None:
         load_costs(config.costs)  # a bad cost file is refused before the model loads
     where = options.placement(args)

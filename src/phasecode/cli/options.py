@@ -290,6 +290,14 @@ def add_sampling(parser: argparse.ArgumentParser, seq_len_option: str = "--seq-l
     parser.add_argument("--seed", type=int, default=0)
 
 
+def check_calibration(args: argparse.Namespace) -> Path:
+    """The --calibration file (default: the bundled C4 sample), checked to exist."""
+    calibration = args.calibration or DEFAULT_CALIBRATION
+    if not calibration.is_file():
+        raise PhasecodeError(f"calibration file not found: {calibration}")
+    return calibration
+
+
 def sampling_settings(args: argparse.Namespace, prefix: bool = True) -> SamplingSettings:
     if args.samples < MIN_SAMPLES:
         raise PhasecodeError(f"--samples must be at least {MIN_SAMPLES}, got {args.samples}")
@@ -297,9 +305,7 @@ def sampling_settings(args: argparse.Namespace, prefix: bool = True) -> Sampling
         raise PhasecodeError(f"--sequences must be >= 1, got {args.sequences}")
     if args.calib_seq_len < 2:
         raise PhasecodeError(f"calibration seq_len must be >= 2, got {args.calib_seq_len}")
-    calibration = args.calibration or DEFAULT_CALIBRATION
-    if not calibration.is_file():
-        raise PhasecodeError(f"calibration file not found: {calibration}")
+    calibration = check_calibration(args)
     return SamplingSettings(
         samples=args.samples,
         calibration=calibration,
