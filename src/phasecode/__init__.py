@@ -1,4 +1,4 @@
-"""phasecode: turn LLaMA-family LLMs into spiking LLMs with multi-granularity phase coding.
+"""phasecode: turn decoder-only LLMs into spiking LLMs with multi-granularity phase coding.
 
 ``import phasecode as pc`` gives the public API (``docs/api.md``): ``load_model``,
 ``ConversionConfig``, ``convert``, ``SpikingModelForCausalLM``, ``load``, ``perplexity``,

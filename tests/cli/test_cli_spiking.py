@@ -82,7 +82,12 @@ def test_energy_report_shape(files):
     assert report["snn_masked"]["ppl_ratio"] > 0
     assert report["ratios"]["total_masked"] < report["ratios"]["total"]
     assert [row["layer"] for row in report["layers"]] == ["layers.0", "layers.1", "head"]
-    assert "SNN/ANN energy" in out
+    head = [row for row in report["layers"] if row["layer"] == "head"][0]
+    for network in ("snn", "ann"):  # the lm_head is most of the head row's energy
+        share = report["lm_head_share"][network]
+        whole = head[network]["total_energy_j"] / report[network]["total_energy_j"]
+        assert 0.5 * whole < share <= whole
+    assert "SNN/ANN energy" in out and "lm_head share" in out
 
 
 def test_generate_fast_and_spiking_agree(files):

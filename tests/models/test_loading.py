@@ -370,8 +370,8 @@ def test_an_incomplete_copy_is_rebuilt(tiny_model, cache, tmp_path, monkeypatch)
 
 
 def test_a_gguf_phasecode_cannot_convert_is_refused_from_its_header(tmp_path, tiny_model, cache):
-    """transformers reads phi3 GGUFs; phasecode has no adapter for them: refused before any
+    """transformers reads falcon GGUFs; phasecode has no adapter for them: refused before any
     dequantization."""
-    path = write_tiny_gguf(tmp_path / "phi.gguf", tiny_model("llama"), architecture="phi3")
+    path = write_tiny_gguf(tmp_path / "falcon.gguf", tiny_model("llama"), architecture="falcon")
     _fails(str(path), str(path), "not one phasecode converts")
     assert not (cache / "models").exists() or not any((cache / "models").iterdir())

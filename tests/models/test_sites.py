@@ -38,8 +38,9 @@ def test_shared_modules_read_the_same_input(tiny_model):
 def test_unsupported_model_type(tiny_model):
     model = tiny_model("llama")
     model.config.model_type = "gpt2"
+    supported = "gemma3_text, llama, mistral, olmo2, phi3, qwen2, qwen3"
     with pytest.raises(
-        PhasecodeError, match="unsupported model type 'gpt2'.*llama, mistral, qwen2"
+        PhasecodeError, match=f"unsupported model type .gpt2.; supported: {supported}$"
     ):
         linear_input_sites(model)
 

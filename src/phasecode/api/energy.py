@@ -63,6 +63,7 @@ def energy_report(
             "windows": len(ppl_windows),
             "seq_len": ppl_windows.shape[1],
         },
+        "lm_head_share": _head_share(measured[0][2], cost_table),
         "layers": _layers(measured[0][2], cost_table),
         "site_firing_rates": _site_rates(measured[0][2]),
         "operations": _operations(measured[0][2]),
@@ -100,6 +101,18 @@ def _layers(counter: Counter, costs) -> list[dict]:
         s, a = summary(snn[layer], costs), summary(ann[layer], costs)
         rows.append({"layer": layer, "snn": s, "ann": a})
     return rows
+
+
+def _head_share(counter: Counter, costs) -> dict[str, float]:
+    """The lm_head's share of each network's total energy (its input's neurons and its
+    products; a large vocabulary such as Gemma 3's makes it a large part of a small model)."""
+    shares = {}
+    for network in ("snn", "ann"):
+        counts = getattr(counter, network)
+        total = summary(_grouped(counts, lambda key: "all")["all"], costs)["total_energy_j"]
+        head = summary(counts.get(("head", "lm_head"), OpCount()), costs)["total_energy_j"]
+        shares[network] = head / total
+    return shares
 
 
 def _operations(counter: Counter) -> list[dict]:

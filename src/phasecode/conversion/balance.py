@@ -46,7 +46,8 @@ def fold_up_scales(model: nn.Module, scales: Tensor) -> None:
     """up_proj's output channel c multiplied by s_c in every layer (weights and bias)."""
     adapter = adapter_for(model)
     with torch.no_grad():
-        for i, up in enumerate(adapter.per_layer(model, adapter.up)):
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            up = adapter.mlp_projections(layer)[1]
             s = scales[i].to(up.weight.device, up.weight.dtype)
             up.weight.mul_(s[:, None])
             if up.bias is not None:

@@ -43,7 +43,12 @@ from phasecode.inference.prefix_choice import AUTO, SELECTION_WINDOWS, PrefixReq
 from phasecode.models.adapters import adapter_for
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.quantize import check_weight_bits, quantize_model
-from phasecode.models.rotation import fold_value_rotation, head_rotation, rotate_model
+from phasecode.models.rotation import (
+    fold_value_rotation,
+    head_rotation,
+    post_norm_rotation,
+    rotate_model,
+)
 from phasecode.models.sites import LM_HEAD, site_kind, spiking_sites
 from phasecode.settings import PROBS_BIAS, FitSettings, SamplingSettings
 from phasecode.training.alternating import SpikeBudget
@@ -87,10 +92,17 @@ class Prepared:
     head_rotation: OnlineRotation | None = None
     prefix: Prefix | None = None
     silu_scales: Tensor | None = None
+    post_norm_rotation: OnlineRotation | None = None  # the residual's, after post-norms
 
     def surgery(self, model, handler: SiteHandler, lm_head: bool) -> SpikingSurgery:
         return SpikingSurgery(
-            model, handler, self.down_rotation, lm_head, self.silu_scales, self.head_rotation
+            model,
+            handler,
+            self.down_rotation,
+            lm_head,
+            self.silu_scales,
+            self.head_rotation,
+            self.post_norm_rotation,
         )
 
 
@@ -170,6 +182,7 @@ class SpikingModel:
 def prepare(model, spec: ConversionSpec, silu_scales: Tensor | None = None) -> Prepared:
     """Apply the spec's rotations, weight quantization (of the rotated weights) and the given
     balancing in place, in that order on conversion and on load; build the prefix cache."""
+    adapter_for(model).check(model.config)
     prepared = Prepared(silu_scales=silu_scales)
     # its weights are no longer the base model's: measurements through it name the base
     # model's fingerprint and the preparation (``SpikingModel.analog_identity``)
@@ -177,6 +190,7 @@ def prepare(model, spec: ConversionSpec, silu_scales: Tensor | None = None) -> P
     model.phasecode_prepared = True
     if spec.rotate:
         prepared.down_rotation = rotate_model(model, spec.rotation_seed, online_down=True)
+        prepared.post_norm_rotation = post_norm_rotation(model, spec.rotation_seed)
     if spec.rotate_heads:
         fold_value_rotation(model, spec.rotation_seed)
         head_dim = adapter_for(model).head_dim(model.config)

@@ -7,8 +7,10 @@
   and the blocked, compiled coded attention of ``coding/attention.py``);
 - o_proj input and lm_head input: forward pre-hooks;
 - the MLP: an instance-level ``forward`` that codes the gate/up input, both operands of the
-  SiLU·up product and the (online-rotated) down_proj input; for a ``Coder``, the whole MLP is
-  one compiled call (``coding/mlp.py``).
+  act(gate)·up product and the (online-rotated) down_proj input; for a ``Coder``, the whole
+  MLP is one compiled call (``coding/mlp.py``);
+- after a post-norm (Gemma 3, OLMo 2) on a rotated model: a forward hook applying the
+  residual rotation online (``models.rotation.post_norm_rotation``).
 A ``Coder``'s fused calls run the same operations as the site-by-site path: fewer calls (each
 compiled call costs ~150 µs of dispatch on a CPU) for the short forwards of zero-shot scoring.
 Because every operation between sites is exact in the spiking network (linear layers, Eq. 51,
@@ -121,31 +123,32 @@ def spiking_mlp_forward(
     silu_scale: Tensor | None,
     x: Tensor,
 ) -> Tensor:
-    """SiLU(gate(x))·up(x) → down_proj, with a neuron on every activation (Eq. 55).
+    """act(gate(x))·up(x) → down_proj, with a neuron on every activation (Eq. 55).
 
-    ``silu_scale`` (per channel) divides the SiLU output when the product is balanced (its
-    inverse is folded into up_proj, see ``conversion/balance.py``); SiLU(·)/s is still an
-    element-wise function, run by accumulate-difference like SiLU itself. A ``Coder`` (not in
-    float64, kept for exact checks) runs it as one call, ``coding.mlp.coded_mlp``."""
+    gate and up are the adapter's projections (row blocks of one fused linear on Phi-3); the
+    activation is the model's own (SiLU, GELU). ``silu_scale`` (per channel) divides the
+    activation's output when the product is balanced (its inverse is folded into up_proj, see
+    ``conversion/balance.py``); act(·)/s is still an element-wise function, run by
+    accumulate-difference like the activation itself. A ``Coder`` (not in float64, kept for
+    exact checks) runs it as one call, ``coding.mlp.coded_mlp``."""
+    gate, up = adapter.mlp_projections(layer_module)
+    down = adapter.part(layer_module, adapter.down)
+    activation = adapter.act_fn(layer_module)
     if isinstance(handler, Coder) and x.dtype != torch.float64:
-        parts = [
-            adapter.part(layer_module, name) for name in (adapter.gate, adapter.up, adapter.down)
-        ]
         neurons = tuple(handler.fused(site_name(layer, kind), x) for kind in MLP_SITES)
-        weights = tuple(t for part in parts for t in (part.weight, part.bias))
-        activation = adapter.act_fn(layer_module)
+        weights = tuple(t for part in (gate, up, down) for t in (part.weight, part.bias))
         rotation = None if down_rotation is None else down_rotation.traceable(x.device, x.dtype)
         return coded_mlp(x, weights, activation, silu_scale, rotation, neurons, handler.compiled)
     x = handler(site_name(layer, "gate_up"), x)
-    a = adapter.act_fn(layer_module)(adapter.part(layer_module, adapter.gate)(x))
+    a = activation(gate(x))
     if silu_scale is not None:
         a = a / silu_scale.to(a.device, a.dtype)
     a = handler(site_name(layer, "silu"), a)
-    b = handler(site_name(layer, "up"), adapter.part(layer_module, adapter.up)(x))
+    b = handler(site_name(layer, "up"), up(x))
     product = a * b
     if down_rotation is not None:
         product = down_rotation(product)
-    return adapter.part(layer_module, adapter.down)(handler(site_name(layer, "down"), product))
+    return down(handler(site_name(layer, "down"), product))
 
 
 class SpikingSurgery:
@@ -159,11 +162,13 @@ class SpikingSurgery:
         lm_head: bool = True,
         silu_scales: Tensor | None = None,
         head_rotation: Callable[[Tensor], Tensor] | None = None,
+        post_norm_rotation: OnlineRotation | None = None,
     ):
         self.model, self.handler = model, handler
         self.adapter: Adapter = adapter_for(model)
         self.down_rotation, self.lm_head = down_rotation, lm_head
         self.silu_scales, self.head_rotation = silu_scales, head_rotation
+        self.post_norm_rotation = post_norm_rotation
         self._handles: list = []
         # each patched module with what its instance dict held before under the names set
         self._patched: list[tuple[nn.Module, dict]] = []
@@ -198,12 +203,20 @@ class SpikingSurgery:
                     spiking_mlp_forward, adapter, layer, handler, i, self.down_rotation, scale
                 ),
             )
+            if self.post_norm_rotation is not None:  # the residual rotation, after each post-norm
+                for norm in adapter.post_norms:
+                    self._post_hook(
+                        adapter.part(layer, norm), _rotate_output(self.post_norm_rotation)
+                    )
         if self.lm_head:
             head = adapter.module(model, adapter.lm_head)
             self._pre_hook(head, _arg_site(handler, LM_HEAD))
 
     def _pre_hook(self, module: nn.Module, fn, with_kwargs: bool = False) -> None:
         self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+
+    def _post_hook(self, module: nn.Module, fn) -> None:
+        self._handles.append(module.register_forward_hook(fn))
 
     def _patch(self, module: nn.Module, **attributes) -> None:
         """Set instance attributes, remembering what was there (an accelerate hook's
@@ -230,6 +243,13 @@ class SpikingSurgery:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _rotate_output(rotation: OnlineRotation):
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return rotation(output)
+
+    return hook
 
 
 def _arg_site(handler: SiteHandler, site: str):

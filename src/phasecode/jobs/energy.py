@@ -76,4 +76,9 @@ def format_energy(report: dict) -> str:
         f"masked (strength {report['mask_strength']}): MAC+AC {r['compute_masked']:.3f}, "
         f"total {r['total_masked']:.3f}   [{report['tokens']} tokens, {report['costs']['name']}]"
     )
+    share = report.get("lm_head_share")
+    if share is not None:  # artifacts' reports from before it was measured have none
+        lines.append(
+            f"lm_head share of the total energy: SNN {share['snn']:.3f}, ANN {share['ann']:.3f}"
+        )
     return "\n".join(lines)

@@ -96,11 +96,12 @@ def check_device_map(device_map: str | None) -> None:
 
 
 def parameter_count(config: Any) -> int:
-    """Parameters of a LLaMA-family causal LM (LLaMA, Qwen2, Mistral) from its config alone.
+    """Parameters of a supported causal LM from its config alone (for the memory check).
 
     Counts the embedding, per layer q/k/v/o (with grouped-query K/V heads and their biases where
-    the architecture has them), gate/up/down and the two RMSNorms, the final norm, and lm_head
-    unless it is tied to the embedding.
+    the architecture has them; fused or not, the same), gate/up/down and two RMSNorms, the
+    final norm, and lm_head unless it is tied to the embedding. Gemma 3's two extra norms and
+    the q/k norms of Qwen3, Gemma 3 and OLMo 2 are left out: a few vectors per layer.
     """
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = config.hidden_size

@@ -43,8 +43,16 @@ MARKER = "phasecode-source.json"  # written last: what the copy is, and its file
 # the bound on the dequantized copies, in bytes (PHASECODE_MODELS_MAX_SIZE, e.g. 20G)
 MODELS_MAX_SIZE_ENV = "PHASECODE_MODELS_MAX_SIZE"
 MODELS_MAX_SIZE = "20G"
-# GGUF architectures phasecode has an adapter for (models/adapters), by their GGUF name
-PHASECODE_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+# GGUF architecture names of the model types phasecode has an adapter for (models/adapters)
+# and transformers can read from a GGUF (it reads no OLMo 2 GGUF: load those from a directory)
+PHASECODE_ARCHITECTURES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gemma3": "gemma3_text",
+}
 
 # GGUF header layout (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md).
 _GGUF_MAGIC = b"GGUF"

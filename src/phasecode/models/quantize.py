@@ -42,10 +42,10 @@ def quantize_rows(weight: Tensor, bits: int) -> Tensor:
 
 
 def decoder_linears(model: nn.Module) -> list[nn.Linear]:
-    """The q, k, v, o, gate, up and down projections of every decoder layer."""
+    """Every linear of every decoder layer (fused projections once; quantization is per
+    output row, so a fused linear quantizes as its parts would)."""
     adapter = adapter_for(model)
-    names = (adapter.q, adapter.k, adapter.v, adapter.o, adapter.gate, adapter.up, adapter.down)
-    return adapter.linears(model, names)
+    return adapter.linears(model, adapter.decoder_linears())
 
 
 @torch.no_grad()

@@ -5,9 +5,12 @@ would waste the code range of all others. Rotating the residual stream by an ort
 the ``down_proj`` input by H spreads every outlier over all channels without changing the
 function the network computes:
 
-1. ``fuse_norms`` folds each RMSNorm gain into the linears reading its output, so every norm
-   becomes a plain x / rms(x), which commutes with any orthogonal R (rms(x·R) = rms(x)).
-2. ``rotate_residual`` rotates every weight that reads or writes the residual stream by R.
+1. ``fuse_norms`` folds each pre-norm's gain into the linears reading its output, so every
+   such norm becomes a plain x / rms(x), which commutes with any orthogonal R (rms(x·R) =
+   rms(x)).
+2. ``rotate_residual`` rotates every weight that reads or writes the residual stream by R;
+   a branch ending in a post-norm (Gemma 3, OLMo 2) is rotated online after that norm
+   (``post_norm_rotation``), since a norm's gain on its output cannot be folded.
 3. ``fold_down_rotation`` folds H into ``down_proj``; its input is rotated online, x ↦ x·H.
 4. ``fold_value_rotation`` rotates V per head (QuaRot's R2) and undoes it in ``o_proj``;
    ``head_rotation`` is the matching online rotation of Q and K after RoPE (R3).
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from phasecode.errors import PhasecodeError
-from phasecode.models.adapters import Adapter, adapter_for, submodule
+from phasecode.models.adapters import ATTENTION, MLP, Adapter, adapter_for, submodule
 from phasecode.models.hadamard import OnlineRotation
 
 # Bound of one float64 block while a weight is rewritten; the rotation's temporaries add a few
@@ -51,17 +54,17 @@ def rotate_model(
 
 @torch.no_grad()
 def fuse_norms(model: nn.Module) -> None:
-    """Fold each RMSNorm gain γ into the columns of the linears reading it, then set γ = 1."""
+    """Fold each pre-norm's gain γ into the columns of the linears reading it, then make the
+    gain 1. Post-norms keep theirs: their output goes to the residual stream, not a linear."""
     adapter = adapter_for(model)
     untie_embeddings(model)
     for i in range(adapter.num_layers(model)):
-        attention_readers = [
-            adapter.layer_path(i, name) for name in (adapter.q, adapter.k, adapter.v)
-        ]
-        mlp_readers = [adapter.layer_path(i, name) for name in (adapter.gate, adapter.up)]
-        _fuse_norm(model, adapter.layer_path(i, adapter.input_norm), attention_readers)
-        _fuse_norm(model, adapter.layer_path(i, adapter.post_attention_norm), mlp_readers)
-    _fuse_norm(model, adapter.final_norm, [adapter.lm_head])
+        for branch in (ATTENTION, MLP):
+            norm = adapter.pre_norm(branch)
+            if norm is not None:
+                readers = [adapter.layer_path(i, name) for name in adapter.readers(branch)]
+                _fuse_norm(model, adapter, adapter.layer_path(i, norm), readers)
+    _fuse_norm(model, adapter, adapter.final_norm, [adapter.lm_head])
 
 
 @torch.no_grad()
@@ -85,17 +88,20 @@ def untie_embeddings(model: nn.Module) -> None:
 def rotate_residual(model: nn.Module, seed: int = 0) -> None:
     """Rotate the residual stream, h ↦ h·R, by R = hadamard_rotation(hidden_size, seed).
 
-    What writes to the stream now writes h·R (embedding E ← E·R; o/down_proj W ← Rᵀ·W, b ← b·R)
-    and what reads it undoes R (q/k/v, gate/up, lm_head: W ← W·R). Needs fused norms: only a
-    gain-free RMSNorm commutes with R.
+    What writes to the stream now writes h·R (embedding E ← E·R; o/down_proj W ← Rᵀ·W,
+    b ← b·R) and what reads it undoes R (q/k/v, gate/up, lm_head: W ← W·R). Needs fused
+    pre-norms: only a gain-free RMSNorm commutes with R. A branch with a post-norm writes
+    through it, and γ ⊙ y/rms(y) is no rotation of anything the linear can hold, so its
+    writer stays as it is and the model needs y ↦ y·R online after the post-norm
+    (``post_norm_rotation``; the surgery applies it).
     """
     adapter = adapter_for(model)
     untie_embeddings(model)
     _require_fused_norms(model, adapter)
     embedding = submodule(model, adapter.embed).weight
     rotation = OnlineRotation(embedding.shape[1], seed)
-    readers = [adapter.q, adapter.k, adapter.v, adapter.gate, adapter.up]
-    writers = [adapter.o, adapter.down]
+    readers = [*adapter.readers(ATTENTION), *adapter.readers(MLP)]
+    writers = [adapter.writer(b) for b in (ATTENTION, MLP) if adapter.post_norm(b) is None]
     head = submodule(model, adapter.lm_head).weight
     for weight in [embedding, head, *(m.weight for m in adapter.linears(model, readers))]:
         _rewrite_rows(weight, rotation)
@@ -103,6 +109,15 @@ def rotate_residual(model: nn.Module, seed: int = 0) -> None:
         _rewrite_columns(linear.weight, rotation)  # Rᵀ·W = (Wᵀ·R)ᵀ
         if linear.bias is not None:
             _rewrite_rows(linear.bias, rotation)
+
+
+def post_norm_rotation(model: nn.Module, seed: int = 0) -> OnlineRotation | None:
+    """The residual rotation R of ``rotate_residual``, to apply online after every post-norm
+    (None for a block without post-norms, where every writer holds it)."""
+    adapter = adapter_for(model)
+    if not adapter.post_norms:
+        return None
+    return OnlineRotation(model.config.hidden_size, seed)
 
 
 @torch.no_grad()
@@ -149,9 +164,9 @@ def fold_value_rotation(model: nn.Module, seed: int = 0) -> None:
     def per_head(x: Tensor) -> Tensor:
         return rotation(x.reshape(*x.shape[:-1], -1, head_dim)).reshape(x.shape)
 
-    for i in range(adapter.num_layers(model)):
-        value = submodule(model, adapter.layer_path(i, adapter.v))
-        output = submodule(model, adapter.layer_path(i, adapter.o))
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        value = adapter.attention_projections(model, layer)[2]
+        output = adapter.part(layer, adapter.o)
         if value.out_features % head_dim or output.in_features % head_dim:
             raise PhasecodeError(
                 f"layer {i}: v_proj out {value.out_features} / o_proj in {output.in_features} "
@@ -163,23 +178,22 @@ def fold_value_rotation(model: nn.Module, seed: int = 0) -> None:
         _rewrite_rows(output.weight, per_head)  # W_o[:, h] ← W_o[:, h]·H
 
 
-def _fuse_norm(model: nn.Module, norm_path: str, reader_paths: Sequence[str]) -> None:
+def _fuse_norm(model: nn.Module, adapter: Adapter, norm_path: str, readers: Sequence[str]) -> None:
     norm = submodule(model, norm_path)
-    for path in reader_paths:
+    for path in readers:
         weight = submodule(model, path).weight
-        gain = norm.weight.detach().to(weight.device, _compute_dtype(weight.device))
+        gain = adapter.norm_gain(norm).detach().to(weight.device, _compute_dtype(weight.device))
         _rewrite_rows(weight, lambda w, g=gain: w * g)
-    norm.weight.fill_(1.0)
+    adapter.set_unit_gain(norm)
 
 
 def _require_fused_norms(model: nn.Module, adapter: Adapter) -> None:
+    pre_norms = [adapter.pre_norm(b) for b in (ATTENTION, MLP) if adapter.pre_norm(b)]
     paths = [adapter.final_norm] + [
-        adapter.layer_path(i, name)
-        for i in range(adapter.num_layers(model))
-        for name in (adapter.input_norm, adapter.post_attention_norm)
+        adapter.layer_path(i, name) for i in range(adapter.num_layers(model)) for name in pre_norms
     ]
     for path in paths:
-        if not torch.all(submodule(model, path).weight == 1):
+        if not torch.all(adapter.norm_gain(submodule(model, path)) == 1):
             raise PhasecodeError(f"{path} has a gain; call fuse_norms before rotating the model")
 
 

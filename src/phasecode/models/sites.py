@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasecode.models.adapters import adapter_for
+from phasecode.models.adapters import ATTENTION, MLP, adapter_for
 
 LM_HEAD = "lm_head"
 
@@ -57,9 +57,9 @@ def linear_input_sites(model: nn.Module) -> list[Site]:
     """The input of every linear in the decoder layers, one site per distinct input tensor."""
     adapter = adapter_for(model)
     kinds = {
-        "qkv": (adapter.q, adapter.k, adapter.v),
+        "qkv": adapter.readers(ATTENTION),
         "o": (adapter.o,),
-        "gate_up": (adapter.gate, adapter.up),
+        "gate_up": adapter.readers(MLP),
         "down": (adapter.down,),
     }
     for names in kinds.values():

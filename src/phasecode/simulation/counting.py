@@ -26,7 +26,8 @@ from phasecode.simulation.trains import SpikeTrain
 
 # MACs per element for one evaluation of an element-wise function (a convention: exp and
 # rsqrt are counted as one MAC each, as multiply-accumulate energy tables do).
-ELEMENTWISE_MACS = {"rmsnorm": 3, "softmax": 2, "silu": 3, "rope": 2}
+# GELU(tanh): x³ (2), the cubic's multiply-add (1), its scale (1), tanh (1), 0.5·x·(1 + ·) (1).
+ELEMENTWISE_MACS = {"rmsnorm": 3, "softmax": 2, "silu": 3, "gelu": 6, "rope": 2}
 NEURON_OPS = 3  # integrate, compare with θ(t), subtract h(t): per neuron and step
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from phasecode.models.adapters import adapter_for
+from phasecode.models.adapters import ATTENTION, MLP, adapter_for
 from phasecode.models.sites import LM_HEAD, SiteKey
 from phasecode.simulation.counting import ELEMENTWISE_MACS, NEURON_OPS
 from phasecode.simulation.energy import EnergyCosts
@@ -40,6 +40,7 @@ class SiteEnergy:
     shared_step_pj: float  # per token and step: accumulate–difference, residual adds
     constant_pj: float  # per token, independent of T: RoPE, rotations
     ann_pj: float  # the ANN's energy per token on the same window
+    ann_head_pj: float = 0.0  # of which the lm_head's (its share grows with the vocabulary)
 
     def snn_pj(self, spikes_per_neuron: Tensor, steps: Tensor) -> float:
         """Predicted SNN energy per token for per-site spike rates and timesteps [S]."""
@@ -101,20 +102,27 @@ def site_energy(
         once = elements * (ELEMENTWISE_MACS[kind] * mac + costs.write_pj)
         return once + 2 * elements * add, once
 
+    block_norms = len(adapter.post_norms) + sum(
+        adapter.pre_norm(branch) is not None for branch in (ATTENTION, MLP)
+    )
     parts = [
-        elementwise("rmsnorm", (2 * layers + 1) * hidden),
+        elementwise("rmsnorm", (block_norms * layers + 1) * hidden),
         elementwise("softmax", layers * heads * seen),
-        elementwise("silu", layers * inter),
+        elementwise(adapter.activation_kind(config), layers * inter),
     ]
+    if adapter.q_norm is not None:
+        parts.append(elementwise("rmsnorm", layers * (q_out + kv_out)))
     residual = 2 * layers * hidden * (add + costs.write_pj)  # per step in the SNN, once in ANN
     shared = sum(snn for snn, _ in parts) + residual
+    if rotations[0] and adapter.post_norms:  # the residual rotation on each post-norm's O(t)
+        shared += layers * len(adapter.post_norms) * rotation_pj(hidden, costs, add, mac)
     constant = layers * ELEMENTWISE_MACS["rope"] * (q_out + kv_out) * mac  # analog in both
     constant += layers * _bias_outputs(adapter, model) * add
+    scaled = adapter.scales_embedding(model)
+    embedding = hidden * (mac + costs.write_pj) if scaled else 0.0  # Gemma: E·√hidden
+    constant += embedding
     if rotations[0]:  # FWHT additions plus the odd factor's MACs, SNN only
-        power = inter & -inter
-        odd = inter // power
-        constant += layers * inter * (math.log2(power) * add + costs.write_pj)
-        constant += layers * inter * odd * mac if odd > 1 else 0.0
+        constant += layers * rotation_pj(inter, costs, add, mac)
     if rotations[1]:
         constant += layers * (q_out + kv_out) * (math.log2(head_dim) * add + costs.write_pj)
     head = hidden * vocab * mac + vocab * costs.write_pj
@@ -127,7 +135,7 @@ def site_energy(
     ann += layers * (2 * scores * mac + (heads * seen + q_out) * costs.write_pj)
     ann += head + sum(once for _, once in parts) + residual
     ann += layers * ELEMENTWISE_MACS["rope"] * (q_out + kv_out) * mac
-    ann += layers * _bias_outputs(adapter, model) * add
+    ann += layers * _bias_outputs(adapter, model) * add + embedding
     return SiteEnergy(
         spike_pj=fan_out * spike_ac + bit_write,
         width=width,
@@ -135,12 +143,21 @@ def site_energy(
         shared_step_pj=shared,
         constant_pj=constant,
         ann_pj=ann,
+        ann_head_pj=head,
     )
+
+
+def rotation_pj(width: int, costs: EnergyCosts, add: float, mac: float) -> float:
+    """One online H_{2^k} ⊗ Q_m rotation of ``width`` elements: k additions per element
+    (the fast transform) plus m MACs per element for the odd factor."""
+    power = width & -width
+    odd = width // power
+    pj = width * (math.log2(power) * add + costs.write_pj)
+    return pj + (width * odd * mac if odd > 1 else 0.0)
 
 
 def _bias_outputs(adapter, model: nn.Module) -> int:
     """Output features per token of a decoder layer's linears that carry a bias."""
     layer = adapter.decoder_layers(model)[0]
-    names = (adapter.q, adapter.k, adapter.v, adapter.o, adapter.gate, adapter.up, adapter.down)
-    linears = [adapter.part(layer, name) for name in names]
+    linears = [adapter.part(layer, name) for name in adapter.decoder_linears()]
     return sum(linear.out_features for linear in linears if linear.bias is not None)

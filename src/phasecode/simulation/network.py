@@ -2,9 +2,12 @@
 
 Each neuron integrates the increments it receives, then fires T spike tensors
 (``trains.encode``). Linear layers consume spikes step by step (``ops.linear_steps``) and the
-residual stream carries T per-step increments; RMSNorm / softmax / SiLU run by accumulate–
-difference (T evaluations of φ), Q·Kᵀ and P·V by Eq. 51 and SiLU·up by Eq. 55 (``ops``: each
-operator hands its consumer the sums it reads — running sums to φ, totals to a neuron). The
+residual stream carries T per-step increments; RMSNorms (pre-, post- and q/k norms), softmax
+and the MLP activation (SiLU, GELU) run by accumulate–difference (T evaluations of φ), Q·Kᵀ
+and P·V by Eq. 51 and act·up by Eq. 55 (``ops``: each operator hands its consumer the sums it
+reads — running sums to φ, totals to a neuron; a post-norm hands the residual stream its T
+differences). The block's structure (which norms, fused projections, per-layer RoPE tables)
+is the adapter's. The
 weights, rotations and prefix are the artifact's, read from the same (rotated) transformers
 modules the fast path runs, so the two differ only by floating-point summation order.
 
@@ -26,12 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from phasecode.conversion.convert import SpikingModel
-from phasecode.models.adapters import adapter_for
+from phasecode.models.adapters import ATTENTION, MLP, adapter_for
 from phasecode.models.sites import LM_HEAD, site_name
 from phasecode.simulation.cache import SpikeCache
 from phasecode.simulation.counting import ELEMENTWISE_MACS, Counter
 from phasecode.simulation.ops import (
     accumulate_difference,
+    difference_steps,
     linear_steps,
     running_sums,
     running_values,
@@ -88,17 +92,47 @@ class SpikingSimulator:
         cache = cache if cache is not None else self.new_cache(input_ids.shape[0])
         batch, length = input_ids.shape
         embeddings = self.adapter.module(self.model, self.adapter.embed)(input_ids)
+        if self.counter is not None and self.adapter.scales_embedding(self.model):
+            self.counter.both_mac(("embed", "scale"), embeddings.numel(), embeddings.numel())
         positions = torch.arange(cache.length, cache.length + length, device=input_ids.device)
-        cos_sin = self.adapter.rotary_embedding(self.model)(embeddings, positions[None])
+        tables = self.adapter.rotary_tables(self.model, embeddings, positions[None])
         residual = embeddings.new_zeros((self.timesteps,) + embeddings.shape)
         residual[0] = embeddings  # the embedding arrives at once: a one-step increment
         for i, layer in enumerate(self.layers):
-            residual += self._attention(i, layer, residual, cos_sin, positions, cache)
+            out = self._attention(i, layer, residual, tables[i], positions, cache)
+            residual += self._branch_output(i, layer, ATTENTION, out)
             self._count_residual(i, residual)
-            residual += self._mlp(i, layer, residual)
+            residual += self._branch_output(i, layer, MLP, self._mlp(i, layer, residual))
             self._count_residual(i, residual)
         cache.length += length
         return self._head(residual)
+
+    def _branch_input(self, i: int, layer: nn.Module, branch: str, residual: Tensor) -> Tensor:
+        """What a branch's first neuron integrates: the pre-norm of the residual stream by
+        accumulate–difference, or (no pre-norm, OLMo 2) the stream itself."""
+        norm = self.adapter.pre_norm(branch)
+        if norm is None:
+            return integrate(residual)
+        return self._norm(i, self.adapter.part(layer, norm), residual)
+
+    def _branch_output(self, i: int, layer: nn.Module, branch: str, increments: Tensor) -> Tensor:
+        """The increments a branch adds to the residual stream: its writer's, or after a
+        post-norm (Gemma 3, OLMo 2) that norm's by accumulate–difference, step by step (each
+        O(t) an increment), rotated online by the residual rotation on a rotated model."""
+        norm = self.adapter.post_norm(branch)
+        if norm is None:
+            return increments
+        if self.counter is not None:
+            self.counter.elementwise(
+                _key(i, "post-norm"), "rmsnorm", increments[0].numel(), self.timesteps
+            )
+        out = difference_steps(running_sums(increments), self.adapter.part(layer, norm))
+        rotation = self.spiking.prepared.post_norm_rotation
+        if rotation is None:
+            return out
+        if self.counter is not None:
+            self.counter.rotation(_key(i, "post-norm rotation"), out.numel(), rotation)
+        return rotation(out)
 
     # -- sites -----------------------------------------------------------------------------
 
@@ -124,15 +158,16 @@ class SpikingSimulator:
     ) -> Tensor:
         adapter = self.adapter
         attention = adapter.part(layer, adapter.attention)
-        x = self._norm(i, adapter.part(layer, adapter.input_norm), residual)
-        train = self._fire(i, "qkv", x)
+        train = self._fire(i, "qkv", self._branch_input(i, layer, ATTENTION, residual))
         batch, length, _ = train.spikes.shape[1:]
         steps = train.steps()
+        projections = adapter.attention_projections(self.model, layer)
+        names = adapter.projection_names(ATTENTION)
+        norms = (*adapter.qk_norms(layer), None)
         heads = []
-        for name in (adapter.q, adapter.k, adapter.v):
-            linear = adapter.part(layer, name)
-            self._count_linear(i, _op(name), train, linear)
-            out = integrate(linear_steps(steps, linear))
+        for kind, name, projection, norm in zip("qkv", names, projections, norms, strict=True):
+            self._count_linear(i, _op(name), train, projection)
+            out = self._head_norm(i, kind, norm, linear_steps(steps, projection))
             heads.append(out.view(batch, length, -1, attention.head_dim).transpose(1, 2))
         q, k = self.rope(heads[0], heads[1], *cos_sin)
         if self.counter is not None:
@@ -151,6 +186,23 @@ class SpikingSimulator:
         o_proj = adapter.part(layer, adapter.o)
         self._count_linear(i, _op(adapter.o), o_train, o_proj)
         return linear_steps(o_train.steps(), o_proj)
+
+    def _head_norm(self, i: int, kind: str, norm: nn.Module | None, increments: Tensor) -> Tensor:
+        """A q/k/v projection's output [B, S, H·D] as the next neuron integrates it: the sum
+        of its increments, or after the q/k norm (per head, or over the whole projection as
+        in OLMo 2) by accumulate–difference."""
+        if norm is None:
+            return integrate(increments)
+        width = norm.weight.numel()
+        if self.counter is not None:
+            self.counter.elementwise(
+                _key(i, f"{kind}_norm"), "rmsnorm", increments[0].numel(), self.timesteps
+            )
+
+        def per_head(total: Tensor) -> Tensor:
+            return norm(total.view(*total.shape[:-1], -1, width)).flatten(-2)
+
+        return accumulate_difference(running_sums(increments), per_head)
 
     def _visible(self, i: int, positions: Tensor, keys: int) -> Tensor:
         """[S, S_kv] bool: which keys each query attends to (causal, sliding window)."""
@@ -251,30 +303,31 @@ class SpikingSimulator:
 
     def _mlp(self, i: int, layer: nn.Module, residual: Tensor) -> Tensor:
         adapter = self.adapter
-        norm = adapter.part(layer, adapter.post_attention_norm)
-        gate_proj, up_proj = adapter.part(layer, adapter.gate), adapter.part(layer, adapter.up)
+        gate_proj, up_proj = adapter.mlp_projections(layer)
+        gate_name, up_name = adapter.projection_names(MLP)
         down_proj, act_fn = adapter.part(layer, adapter.down), adapter.act_fn(layer)
+        kind = adapter.activation_kind(self.model.config)
         scale = None if self.spiking.silu_scales is None else self.spiking.silu_scales[i]
         rotation = self.spiking.down_rotation
 
-        def silu(z: Tensor) -> Tensor:
+        def activation(z: Tensor) -> Tensor:
             a = act_fn(z)
             return a if scale is None else a / scale.to(a.device, a.dtype)
 
         out = torch.empty_like(residual)
         for start in range(0, residual.shape[2], self.token_chunk):
             part = residual[:, :, start : start + self.token_chunk]
-            train = self._fire(i, "gate_up", self._norm(i, norm, part))
-            self._count_linear(i, _op(adapter.gate), train, gate_proj)
-            self._count_linear(i, _op(adapter.up), train, up_proj)
+            train = self._fire(i, "gate_up", self._branch_input(i, layer, MLP, part))
+            self._count_linear(i, _op(gate_name), train, gate_proj)
+            self._count_linear(i, _op(up_name), train, up_proj)
             steps = train.steps()
             gate = linear_steps(steps, gate_proj)
             if self.counter is not None:
-                self.counter.elementwise(_key(i, "silu"), "silu", gate[0].numel(), len(gate))
-            a = self._fire(i, "silu", accumulate_difference(running_sums(gate), silu))
+                self.counter.elementwise(_key(i, kind), kind, gate[0].numel(), len(gate))
+            a = self._fire(i, "silu", accumulate_difference(running_sums(gate), activation))
             b = self._fire(i, "up", integrate(linear_steps(steps, up_proj)))
             if self.counter is not None:
-                self.counter.product(_key(i, "silu·up"), a, b)
+                self.counter.product(_key(i, f"{kind}·up"), a, b)
             product = spike_product(a, b)
             if rotation is not None:
                 product = rotation(product)

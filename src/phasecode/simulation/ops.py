@@ -104,6 +104,19 @@ def accumulate_difference(accumulated: Iterable[Tensor], fn: Callable[[Tensor], 
     return received
 
 
+def difference_steps(accumulated: Iterable[Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Eq. 52-54 step by step, [T, ...]: O(t) = φ(I_acc(t)) − φ(I_acc(t − 1)), for a consumer
+    that takes increments rather than integrating them (a post-norm's output joins the
+    residual stream, which the next norms read step by step). Σ_t O(t) = φ(I_acc(T)) up to
+    the rounding of the differences, as in ``accumulate_difference``."""
+    out, previous = [], None
+    for total in accumulated:
+        current = fn(total)
+        out.append(current if previous is None else current - previous)
+        previous = current
+    return torch.stack(out)
+
+
 def spike_product(a: SpikeTrain, b: SpikeTrain) -> Tensor:
     """A ⊙ B for two trains by Eq. 55, summed over the T steps (its consumer is a neuron).
 

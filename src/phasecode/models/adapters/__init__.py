@@ -5,10 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from phasecode.errors import PhasecodeError
-from phasecode.models.adapters import llama, mistral, qwen2
-from phasecode.models.adapters.base import Adapter, submodule
+from phasecode.models.adapters import gemma3, llama, mistral, olmo2, phi3, qwen2, qwen3
+from phasecode.models.adapters.base import ATTENTION, MLP, Adapter, Projection, submodule
 
-ADAPTERS: dict[str, Adapter] = {m.ADAPTER.model_type: m.ADAPTER for m in (llama, qwen2, mistral)}
+ADAPTERS: dict[str, Adapter] = {
+    m.ADAPTER.model_type: m.ADAPTER for m in (llama, mistral, qwen2, qwen3, gemma3, phi3, olmo2)
+}
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -20,4 +22,4 @@ def adapter_for(model: nn.Module) -> Adapter:
     return ADAPTERS[model_type]
 
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "submodule"]
+__all__ = ["ADAPTERS", "ATTENTION", "MLP", "Adapter", "Projection", "adapter_for", "submodule"]
