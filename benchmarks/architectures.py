@@ -4,7 +4,8 @@
     python benchmarks/architectures.py --table    # only rewrite the table from the JSON
 
 1. Tiny random models (tests/architectures.py's configs, plus LLaMA and Qwen2): the wall time
-   of ``pc.convert`` with default settings (WikiText-2 calibration, T = 8), the largest
+   of ``pc.convert`` with default settings (WikiText-2 calibration, T = 8; after one untimed
+   conversion that pays for imports and kernels), the largest
    relative logit change of the full rotation in float64 (online rotations as hooks), and the
    simulator against the fast path in float64 with a prefix (``simulate --check``).
 2. Published shapes (configs only, weights on the meta device: nothing is downloaded): the
@@ -83,6 +84,8 @@ def tiny_rows() -> list[dict]:
     from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+    warm_up = randomize_weights(tiny_architecture("qwen3"), seed=1)  # imports, kernels, data
+    pc.convert(warm_up, tokenizer, pc.ConversionConfig(), progress=False)
     rows = []
     names = ["llama", "qwen2", *ARCHITECTURES]
     for name in names:
