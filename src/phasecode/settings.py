@@ -16,6 +16,8 @@ CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire
 # what a site's neuron minimises: its samples' squared error, or that error weighted by the
 # model loss's squared gradient at each value (E[g² | x], conversion/sensitivity.py)
 OBJECTIVES = ("mse", "fisher")
+# after training: "block" tunes each decoder layer's neurons on its output (conversion/reconstruct)
+RECONSTRUCTIONS = ("none", "block")
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 BUDGET_MODES = ("price", "knapsack")

@@ -130,3 +130,19 @@ def test_compiled_kernels_equal_the_eager_ones(monkeypatch, signed):
     assert torch.equal(eager[3], compiled[3])
     for a, b in zip(eager[2], compiled[2], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_magnitude_gets_a_straight_through_gradient_inside_the_range(signed):
+    """Block reconstruction trains a neuron on the error of later sites: the gradient reaches
+    its input as it left the output, and is zero where the neuron clips (beyond Σ d)."""
+    table = _table(2, 5, signed, seed=4)
+    reach = table.weight.sum(1, keepdim=True)
+    magnitude = torch.rand(2, 50, generator=torch.Generator().manual_seed(1), dtype=F64) * 1.5
+    magnitude = (magnitude * reach).requires_grad_()
+    out, _ = surrogate_dynamics(magnitude, table, 4.0)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    inside = magnitude.detach() <= reach
+    assert inside.any() and (~inside).any()
+    assert torch.equal(magnitude.grad, upstream * inside)

@@ -14,6 +14,7 @@ from phasecode.calibration.text import read_texts
 from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.conversion.convert import calibrate, fit_spiking
+from phasecode.conversion.reconstruct import reconstruct_blocks
 from phasecode.errors import PhasecodeError
 from phasecode.models.devices import resolve_device, resolve_dtype
 from phasecode.models.loading import base_record, check_fits
@@ -77,6 +78,10 @@ def convert(
         **config.preparation(),
     )
     spiking = fit_spiking(calibrated, config.fit_settings(), progress, budget_strategy(budget))
+    if config.reconstruct == "block":
+        spiking.report["reconstruction"] = reconstruct_blocks(
+            spiking, calibrated.windows, progress=progress
+        )
     spiking.report["config"] = config.to_dict()
     return SpikingModelForCausalLM(spiking, base)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from phasecode.artifacts import SPIKING_MODEL_KIND
 from phasecode.cli import options
 from phasecode.outputs import check_artifact_dir, exclusive_output
-from phasecode.settings import BUDGET_MODES, EnergyBudget
+from phasecode.settings import BUDGET_MODES, RECONSTRUCTIONS, EnergyBudget
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lm-head", action="store_true", help="keep the lm_head input analog")
     parser.add_argument(
         "--balance", action="store_true", help="balance the SiLU·up operands per channel"
+    )
+    parser.add_argument(
+        "--reconstruct",
+        choices=RECONSTRUCTIONS,
+        default=RECONSTRUCTIONS[0],
+        help="block: after training, tune each decoder layer's neurons together on the "
+        "layer's output against the prepared ANN's (conversion/reconstruct.py)",
     )
     parser.add_argument(
         "--energy-budget",

@@ -209,6 +209,7 @@ CONFIG_DESTS = {
     "budget_mode": "budget_mode",
     "min_timesteps": "min_timesteps",
     "costs": "costs",
+    "reconstruct": "reconstruct",
 }
 PREFIX_DESTS = ("no_prefix", "prefix", "prefix_ids")
 

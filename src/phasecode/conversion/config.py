@@ -24,6 +24,7 @@ from phasecode.settings import (
     METHODS,
     MODES,
     OBJECTIVES,
+    RECONSTRUCTIONS,
     EnergyBudget,
     FitSettings,
     SamplingSettings,
@@ -48,6 +49,8 @@ class ConversionConfig:
     other text (its tokens), or a sequence of token ids. ``probs_bias``: a number >= 0 or
     ``"auto"``. ``batch_samples``: a count, or ``None`` for every sample. ``energy_budget``:
     the predicted SNN/ANN total-energy ratio to convert under (``None``: no budget).
+    ``reconstruct``: ``"block"`` tunes each decoder layer's neurons on the layer's output
+    after Alg. 1/2 (``conversion/reconstruct.py``); ``"none"`` keeps the per-site fit.
     """
 
     method: str = "mgpc"
@@ -73,6 +76,7 @@ class ConversionConfig:
     budget_mode: str = EnergyBudget.mode
     min_timesteps: int = EnergyBudget.min_timesteps
     costs: str = EnergyBudget.costs
+    reconstruct: str = RECONSTRUCTIONS[0]
 
     def __post_init__(self) -> None:
         if isinstance(self.prefix, Sequence) and not isinstance(self.prefix, str):
@@ -92,6 +96,13 @@ class ConversionConfig:
         _choice("objective", self.objective, OBJECTIVES)
         _choice("mode", self.mode, MODES)
         _choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        _choice("reconstruct", self.reconstruct, RECONSTRUCTIONS)
+        if self.reconstruct != "none" and self.method != "mgpc":
+            raise ConfigError("ConversionConfig.reconstruct tunes trained neurons: needs mgpc")
+        if self.reconstruct != "none" and self.energy_budget is not None:
+            raise ConfigError(
+                "ConversionConfig.reconstruct is not available under an energy budget yet"
+            )
         for name in ("timesteps", "grains", "rounds", "sequences", "min_timesteps"):
             _integer(name, getattr(self, name), 1)
         _integer("samples", self.samples, MIN_SAMPLES)

@@ -32,8 +32,10 @@ def surrogate_dynamics(
     magnitude: Tensor, table: CodeTable, sharpness: float
 ) -> tuple[Tensor, Tensor]:
     """(SN(|x|), spikes per sample) [S, N] for non-negative ``magnitude`` [S, N]: exact values,
-    with surrogate gradients for θ (θ⁻), h and d. The count sums every Θ the dynamics evaluate
-    (θ⁺ and θ⁻ apart), so it has a gradient even where nothing fired (the energy term)."""
+    with surrogate gradients for θ (θ⁻), h and d, and a straight-through one for the magnitude
+    (block reconstruction: upstream neurons learn from this one's error). The count sums
+    every Θ the dynamics evaluate (θ⁺ and θ⁻ apart), so it has a gradient even where nothing
+    fired (the energy term)."""
     _check_trainable(magnitude, table)
     negative = table.negative_threshold if table.signed else table.threshold
     k = slopes(table.weight, sharpness)
@@ -87,7 +89,19 @@ class _SurrogateDynamics(torch.autograd.Function):
         grad_out, grad_count = _samples(grad_out, grad_count)
         grads = kernel(magnitude, *_per_site(*parameters), grad_out, grad_count, ctx.signed)
         threshold, negative, reset, weight = grads
-        return None, threshold, negative if ctx.signed else None, reset, weight, None, None
+        grad_magnitude = None
+        if ctx.needs_input_grad[0]:  # straight through inside the range, zero where it clips
+            reach = parameters[3].abs().sum(1, keepdim=True)
+            grad_magnitude = grad_out * (magnitude <= reach).to(grad_out.dtype)
+        return (
+            grad_magnitude,
+            threshold,
+            negative if ctx.signed else None,
+            reset,
+            weight,
+            None,
+            None,
+        )
 
 
 def _forward(

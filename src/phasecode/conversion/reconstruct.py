@@ -1,0 +1,255 @@
+"""Block-wise reconstruction after Alg. 1/2: neurons tuned on what their decoder layer outputs.
+
+Alg. 1 fits every neuron to its own site's samples in isolation, so nothing sees how an error
+at one site is amplified or cancelled by the sites after it (BRECQ's observation for
+quantization). Here, for each decoder layer in turn, the parameters of all the layer's neurons
+(θ, h, θ⁻ as multipliers of their fitted values; the phase scale and bases, from which d(t) is
+built) are tuned together so that the layer's output, with every neuron of the layer in place
+and the earlier layers already coded, matches the prepared ANN's output on calibration tokens.
+
+- The spike dynamics are the surrogate ones of Alg. 1 (``training.dynamics``); the gradient
+  reaches a neuron's input straight through (∂SN(x)/∂x = 1 inside its range, 0 where it
+  clips), so a neuron learns from the error of every site after it in the layer.
+- The target is the ANN's own trajectory: layer i's output on the ANN's layer-i input. So a
+  layer also learns to undo what the coded layers before it left in its input.
+- It streams: one layer is run at a time, from its coded input (kept for the calibration
+  tokens, as a sequential pipeline keeps activations on a GPU) and the transformers decoder
+  layer's own forward, with the prefix's keys/values in a fresh cache each call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from phasecode.coding.table import CodeTable, PhaseBases, concat_tables, phase_weights
+from phasecode.conversion.convert import SpikingModel
+from phasecode.conversion.handlers import Passthrough
+from phasecode.errors import PhasecodeError
+from phasecode.models.adapters import adapter_for
+from phasecode.models.sites import SiteKey
+from phasecode.training.dynamics import surrogate_dynamics
+from phasecode.training.neurons import MIN_BASE
+
+
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """How long and on what each layer is tuned."""
+
+    windows: int = 8  # calibration windows whose outputs are matched
+    steps: int = 10  # passes over the windows per layer, one optimiser step per batch
+    batch: int = 4
+    lr: float = 0.003  # Adam, on relative parameters
+    sharpness: float = 4.0  # surrogate slope, in units of 1/d(t) (as Alg. 1)
+    # what the layer's output is matched to: the ANN layer on the same (coded) input, or the
+    # ANN's own trajectory (the layer then also tries to undo the earlier layers' error)
+    target: str = "same-input"
+
+
+class TunedNeurons(nn.Module):
+    """Some sites' neurons as trainable changes of a fitted phase table: θ, h (and θ⁻) times
+    learned factors, d(t) = scale·B^(-t) from learned scales and bases."""
+
+    def __init__(self, table: CodeTable):
+        super().__init__()
+        if table.phase is None:
+            raise PhasecodeError("block reconstruction needs phase-coded neurons (--method mgpc)")
+        self.start = table
+        ones = torch.ones_like(table.threshold)
+        self.u_threshold = nn.Parameter(ones.clone())
+        self.u_reset = nn.Parameter(ones.clone())
+        self.u_negative = nn.Parameter(ones.clone()) if table.signed else None
+        self.log_scale = nn.Parameter(table.phase.scale.log().clone())
+        self.bases = nn.Parameter(table.phase.bases.clone())
+
+    def table(self) -> CodeTable:
+        start = self.start
+        allocation = start.phase.allocation
+        weight = phase_weights(self.log_scale.exp(), self.bases, allocation)
+        negative = None
+        if self.u_negative is not None:
+            negative = start.negative_threshold * self.u_negative
+        return CodeTable(
+            start.threshold * self.u_threshold,
+            start.reset * self.u_reset,
+            weight,
+            start.max_spikes,
+            PhaseBases(self.log_scale.exp(), self.bases, allocation),
+            negative,
+            start.steps,
+        )
+
+    def frozen_table(self) -> CodeTable:
+        with torch.no_grad():
+            table = self.table()
+        phase = table.phase
+        return CodeTable(
+            table.threshold.detach(),
+            table.reset.detach(),
+            table.weight.detach(),
+            table.max_spikes,
+            PhaseBases(phase.scale.detach(), phase.bases.detach(), phase.allocation),
+            None if table.negative_threshold is None else table.negative_threshold.detach(),
+            table.steps,
+        )
+
+    def clamp_(self) -> None:
+        with torch.no_grad():
+            self.bases.clamp_(min=MIN_BASE)
+            for p in (self.u_threshold, self.u_reset, self.u_negative):
+                if p is not None:
+                    p.clamp_(min=1e-3)
+
+
+class SurrogateCoder:
+    """A site handler: SN(x) of the tuned sites with surrogate gradients, others pass."""
+
+    def __init__(self, neurons: TunedNeurons, sites: list[str], sharpness: float):
+        self.neurons, self.sharpness = neurons, sharpness
+        self.index = {name: i for i, name in enumerate(sites)}
+        self.current: CodeTable | None = None
+
+    def refresh(self) -> None:
+        """Build the current table once per step (every site reads a row of it)."""
+        self.current = self.neurons.table()
+
+    def __call__(self, site: str, x: Tensor) -> Tensor:
+        index = self.index.get(site)
+        if index is None:
+            return x
+        row = self.current.select(index)
+        magnitude = x.abs().reshape(1, -1).to(row.weight.dtype)
+        out, _ = surrogate_dynamics(magnitude, row, self.sharpness)
+        return (torch.sign(x) * out.view(x.shape)).to(x.dtype)
+
+
+@torch.no_grad()
+def _record_layers(spiking: SpikingModel, windows: Tensor, batch: int):
+    """Per batch of windows: the prepared ANN's input to layer 0, every layer's output, and
+    the keyword arguments every layer was called with (masks, RoPE tables)."""
+    model, prefix = spiking.model, spiking.prefix
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    inputs, outputs, arguments = [], [[] for _ in layers], [[] for _ in layers]
+    handles = []
+
+    def pre(i):
+        def hook(module, args, kwargs):
+            if i == 0:
+                inputs.append(args[0] if args else kwargs["hidden_states"])
+            arguments[i].append({k: v for k, v in kwargs.items() if k not in ("cache",)})
+
+        return hook
+
+    def post(i):
+        def hook(module, args, kwargs, output):
+            outputs[i].append(output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
+        handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
+    try:
+        from phasecode.inference.prefix import run_after
+
+        with spiking.surgery(Passthrough()):
+            for part in windows.split(batch):
+                run_after(model, prefix, part, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, outputs, arguments
+
+
+def _loss(out: Tensor, target: Tensor) -> Tensor:
+    """Each token's squared error relative to its target's squared norm, averaged: the next
+    RMSNorm divides every token by its own scale, so a token with massive activations (an
+    attention sink) counts no more than any other."""
+    error = (out - target).pow(2).sum(-1)
+    return (error / target.pow(2).sum(-1).clamp_min(1e-12)).mean()
+
+
+def _run_layer(layer: nn.Module, index: int, prefix, hidden: Tensor, kwargs: dict) -> Tensor:
+    cache = prefix.cache_for(len(hidden)) if prefix is not None else None
+    out = layer(hidden, **kwargs, cache=cache)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def _layer_loss(spiking, coder, layer, i, prefix, hidden, arguments, targets) -> float:
+    """The layer's output MSE against the ANN's, over all recorded batches."""
+    coder.refresh()
+    total = 0.0
+    with spiking.surgery(coder):
+        for b, x in enumerate(hidden):
+            out = _run_layer(layer, i, prefix, x, arguments[i][b])
+            total += _loss(out, targets[i][b]).item()
+    return total / len(hidden)
+
+
+def reconstruct_blocks(
+    spiking: SpikingModel,
+    windows: Tensor,
+    settings: ReconstructSettings = ReconstructSettings(),
+    progress: bool = True,
+) -> dict:
+    """Tune every decoder layer's neurons in turn (module docstring); updates
+    ``spiking.table`` in place of the fitted one and returns per-layer losses and seconds."""
+    start = time.perf_counter()
+    model, prefix = spiking.model, spiking.prefix
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    windows = windows[: settings.windows]
+    inputs, targets, arguments = _record_layers(spiking, windows, settings.batch)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    rows = {name: i for i, name in enumerate(spiking.sites)}
+    tables = [spiking.table.select(i) for i in range(spiking.table.sites)]
+    history = []
+    hidden = inputs  # coded inputs of the current layer, per batch
+    try:
+        for i, layer in enumerate(tqdm(layers, desc="reconstruct", disable=not progress)):
+            names = [n for n in spiking.sites if SiteKey.parse(n).layer == i]
+            indices = [rows[n] for n in names]
+            neurons = TunedNeurons(concat_tables([tables[k] for k in indices]))
+            coder = SurrogateCoder(neurons, names, settings.sharpness)
+            if settings.target == "same-input":
+                with torch.no_grad(), spiking.surgery(Passthrough()):
+                    targets[i] = [
+                        _run_layer(layer, i, prefix, x, arguments[i][b])
+                        for b, x in enumerate(hidden)
+                    ]
+            optimizer = torch.optim.Adam(neurons.parameters(), lr=settings.lr)
+            before = _layer_loss(spiking, coder, layer, i, prefix, hidden, arguments, targets)
+            for _ in range(settings.steps):
+                for b, x in enumerate(hidden):
+                    coder.refresh()
+                    with spiking.surgery(coder), torch.enable_grad():
+                        out = _run_layer(layer, i, prefix, x, arguments[i][b])
+                        loss = _loss(out, targets[i][b])
+                        optimizer.zero_grad()
+                        loss.backward()
+                    optimizer.step()
+                    neurons.clamp_()
+            after = _layer_loss(spiking, coder, layer, i, prefix, hidden, arguments, targets)
+            # never worse than the fitted neurons on the calibration tokens
+            tuned = neurons.frozen_table() if after < before else neurons.start
+            for k, index in enumerate(indices):
+                tables[index] = tuned.select(k)
+            history.append({"layer": i, "loss_before": before, "loss_after": after})
+            spiking.table = concat_tables(tables)
+            spiking._coders.clear()
+            with torch.no_grad(), spiking.coded():
+                hidden = [
+                    _run_layer(layer, i, prefix, x, arguments[i][b]) for b, x in enumerate(hidden)
+                ]
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {"layers": history, "seconds": time.perf_counter() - start}
