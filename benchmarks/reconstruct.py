@@ -35,7 +35,7 @@ def measure(model_name: str | None, label: str, timesteps: list[int], windows: i
 
     rows = []
     for steps in timesteps:
-        model, tokenizer = pc.load_model(model_name)
+        model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
         config = pc.ConversionConfig(timesteps=steps)
         start = time.perf_counter()
         snn = pc.convert(model, tokenizer, config, progress=False)

@@ -141,6 +141,19 @@ def test_convert_writes_a_spiking_artifact(artifact, files):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_convert_with_block_reconstruction(files, tmp_path):
+    """--reconstruct block tunes each layer's neurons after training; the report says how
+    each layer's output loss moved, and the recipe records the choice."""
+    out = tmp_path / "rec"
+    argv = _convert_argv(files / "model", files / "calib.jsonl", out) + ["--reconstruct", "block"]
+    assert main(argv) == 0
+    report = read_spiking_metadata(out)["report"]
+    layers = report["reconstruction"]["layers"]
+    assert [row["layer"] for row in layers] == list(range(CONVERTIBLE_SIZES["num_hidden_layers"]))
+    assert all(row["loss_after"] <= row["loss_before"] for row in layers)
+    assert report["config"]["reconstruct"] == "block"
+
+
 def test_convert_prints_a_summary(artifact):
     code, out, stdout, stderr = artifact
     assert code == 0

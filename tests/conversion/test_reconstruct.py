@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_calibrated
+from architectures import ARCHITECTURES, tiny_architecture
+from helpers import randomize_weights, tiny_calibrated, write_calibration
 
 import phasecode as pc
 from phasecode.conversion.config import ConfigError
@@ -55,3 +56,18 @@ def test_reconstruct_is_a_config_choice():
         pc.ConversionConfig(reconstruct="block", method="las")
     with pytest.raises(ConfigError, match="energy budget"):
         pc.ConversionConfig(reconstruct="block", energy_budget=0.8)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_reconstructs(name, tmp_path, tiny_tokenizer):
+    """The layer is run through its own forward (Gemma's per-type RoPE and masks, OLMo 2's
+    post-norms, Phi-3's fused projections), with the prefix in the cache."""
+    model = randomize_weights(tiny_architecture(name), seed=1)
+    config = pc.ConversionConfig(
+        samples=64, sequences=4, seq_len=32, rounds=2, prefix=[0], reconstruct="block"
+    )
+    calibration = write_calibration(tmp_path / "calib.jsonl")
+    snn = pc.convert(model, tiny_tokenizer, config, calibration=calibration, progress=False)
+    layers = snn.spiking.report["reconstruction"]["layers"]
+    assert len(layers) == model.config.num_hidden_layers
+    assert all(row["loss_after"] <= row["loss_before"] for row in layers)
