@@ -133,18 +133,14 @@ def tiny_rows() -> list[dict]:
 @torch.no_grad()
 def rotation_error(model: torch.nn.Module, tokens: torch.Tensor) -> float:
     """The full rotation's largest relative logit change, its online rotations as hooks."""
-    from phasecode.models.adapters import adapter_for
+    from architectures import online_rotations
+
     from phasecode.models.rotation import fold_value_rotation, post_norm_rotation, rotate_model
 
     reference = model(tokens).logits
     down = rotate_model(model, 3)
     fold_value_rotation(model, 3)
-    post = post_norm_rotation(model, 3)
-    adapter = adapter_for(model)
-    for layer in adapter.decoder_layers(model):
-        adapter.part(layer, adapter.down).register_forward_pre_hook(lambda _, a: (down(a[0]),))
-        for norm in adapter.post_norms:
-            adapter.part(layer, norm).register_forward_hook(lambda _m, _a, out: post(out))
+    online_rotations(model, down, post_norm_rotation(model, 3))
     rotated = model(tokens).logits
     return float((rotated - reference).abs().max() / reference.abs().max())
 
@@ -166,18 +162,11 @@ def rotation_times(config, head_dim: int, post_norms: bool) -> tuple[float | Non
 
 
 def tiny_tokenizer_dir() -> str:
-    """The byte-level tiny tokenizer of the tests, saved once to a temporary directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The tests' byte-level tokenizer, saved once to a temporary directory."""
+    from helpers import byte_tokenizer
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<s>": 0, "</s>": 1} | {char: i + 2 for i, char in enumerate(sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
     directory = tempfile.mkdtemp(prefix="tiny-tokenizer-")
-    tokenizer.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
     return directory
 
 

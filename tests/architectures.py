@@ -20,6 +20,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from phasecode.models.adapters import adapter_for
+
 HEAD_DIM = CONVERTIBLE_SIZES["hidden_size"] // CONVERTIBLE_SIZES["num_attention_heads"]
 TOKENS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, max_position_embeddings=256)
 ARCHITECTURES = ("qwen3", "gemma3_text", "phi3", "olmo2", "llama3_rope")
@@ -53,6 +55,16 @@ def tiny_config(name: str, **overrides) -> PretrainedConfig:
         )
         return LlamaConfig(**sizes, rope_parameters=rope)
     raise ValueError(f"no tiny config {name!r}")
+
+
+def online_rotations(model: PreTrainedModel, down, post) -> None:
+    """The prepared model's online rotations as plain hooks: x ↦ down(x) at each down_proj
+    input and y ↦ post(y) after each post-norm (what the surgery applies)."""
+    adapter = adapter_for(model)
+    for layer in adapter.decoder_layers(model):
+        adapter.part(layer, adapter.down).register_forward_pre_hook(lambda _, a: (down(a[0]),))
+        for norm in adapter.post_norms:
+            adapter.part(layer, norm).register_forward_hook(lambda _m, _a, out: post(out))
 
 
 def tiny_architecture(name: str, seed: int = 0, **overrides) -> PreTrainedModel:

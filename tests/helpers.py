@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 # conftest's tiny 2-layer shape, with a vocabulary covering the byte-level tiny tokenizer
@@ -27,6 +28,16 @@ WORDS = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy",
     "dog", "while", "spiking", "neurons", "code", "phases",
 ]  # fmt: skip
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (one token per byte, ids 2..257) with <s>=0 as BOS and </s>=1."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<s>": 0, "</s>": 1} | {char: i + 2 for i, char in enumerate(sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
 
 
 def write_calibration(path: Path, docs: int = 12, words: int = 50) -> Path:

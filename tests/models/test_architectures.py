@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from architectures import ARCHITECTURES, tiny_architecture, tiny_config
+from architectures import ARCHITECTURES, online_rotations, tiny_architecture, tiny_config
 from gguf_files import write_tiny_gguf
 from helpers import randomize_weights, write_calibration
 from transformers import AutoModelForCausalLM
@@ -54,19 +54,10 @@ def _float64(name: str) -> torch.nn.Module:
 # -- rotations --------------------------------------------------------------------------------
 
 
-def _online(model: torch.nn.Module, down: OnlineRotation, post) -> None:
-    """The online rotations as plain hooks: the down_proj input, and after each post-norm."""
-    adapter = adapter_for(model)
-    for layer in adapter.decoder_layers(model):
-        adapter.part(layer, adapter.down).register_forward_pre_hook(lambda _, a: (down(a[0]),))
-        for norm in adapter.post_norms:
-            adapter.part(layer, norm).register_forward_hook(lambda _m, _a, out: post(out))
-
-
 def _rotate_all(model: torch.nn.Module) -> None:
     down = rotate_model(model, seed=3)
     fold_value_rotation(model, seed=3)
-    _online(model, down, post_norm_rotation(model, seed=3))
+    online_rotations(model, down, post_norm_rotation(model, seed=3))
 
 
 STEPS = {
@@ -96,7 +87,7 @@ def test_post_norm_branches_need_their_online_rotation(name):
     tokens = _tokens()
     reference = model(tokens).logits
     down = rotate_model(model, seed=3)
-    _online(model, down, lambda out: out)  # no rotation after the post-norms
+    online_rotations(model, down, lambda out: out)  # no rotation after the post-norms
     assert _relative(model(tokens).logits, reference) > 1e-3
 
 

@@ -10,8 +10,10 @@ and the earlier layers already coded, matches the prepared ANN's output on calib
 - The spike dynamics are the surrogate ones of Alg. 1 (``training.dynamics``); the gradient
   reaches a neuron's input straight through (∂SN(x)/∂x = 1 inside its range, 0 where it
   clips), so a neuron learns from the error of every site after it in the layer.
-- The target is the ANN's own trajectory: layer i's output on the ANN's layer-i input. So a
-  layer also learns to undo what the coded layers before it left in its input.
+- The target is the ANN layer on the same (coded) input, with each token's error measured
+  relative to its own norm (``_loss``). ``target="trajectory"`` matches the ANN's own
+  layer-i output instead, asking a layer to also undo the earlier layers' error (measured
+  worse, docs/method.md).
 - It streams: one layer is run at a time, from its coded input (kept for the calibration
   tokens, as a sequential pipeline keeps activations on a GPU) and the transformers decoder
   layer's own forward, with the prefix's keys/values in a fresh cache each call.
@@ -30,6 +32,7 @@ from phasecode.coding.table import CodeTable, PhaseBases, concat_tables, phase_w
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.handlers import Passthrough
 from phasecode.errors import PhasecodeError
+from phasecode.inference.prefix import run_after
 from phasecode.models.adapters import adapter_for
 from phasecode.models.sites import SiteKey
 from phasecode.training.dynamics import surrogate_dynamics
@@ -128,13 +131,13 @@ class SurrogateCoder:
 
 
 @torch.no_grad()
-def _record_layers(spiking: SpikingModel, windows: Tensor, batch: int):
-    """Per batch of windows: the prepared ANN's input to layer 0, every layer's output, and
-    the keyword arguments every layer was called with (masks, RoPE tables)."""
+def _record_layers(spiking: SpikingModel, windows: Tensor, batch: int, outputs: bool):
+    """Per batch of windows: the prepared ANN's input to layer 0, the keyword arguments every
+    layer was called with (masks, RoPE tables) and, with ``outputs``, every layer's output."""
     model, prefix = spiking.model, spiking.prefix
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
-    inputs, outputs, arguments = [], [[] for _ in layers], [[] for _ in layers]
+    inputs, recorded, arguments = [], [[] for _ in layers], [[] for _ in layers]
     handles = []
 
     def pre(i):
@@ -147,23 +150,22 @@ def _record_layers(spiking: SpikingModel, windows: Tensor, batch: int):
 
     def post(i):
         def hook(module, args, kwargs, output):
-            outputs[i].append(output[0] if isinstance(output, tuple) else output)
+            recorded[i].append(output[0] if isinstance(output, tuple) else output)
 
         return hook
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
-        handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
+        if outputs:
+            handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
     try:
-        from phasecode.inference.prefix import run_after
-
         with spiking.surgery(Passthrough()):
             for part in windows.split(batch):
                 run_after(model, prefix, part, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
-    return inputs, outputs, arguments
+    return inputs, recorded, arguments
 
 
 def _loss(out: Tensor, target: Tensor) -> Tensor:
@@ -174,7 +176,7 @@ def _loss(out: Tensor, target: Tensor) -> Tensor:
     return (error / target.pow(2).sum(-1).clamp_min(1e-12)).mean()
 
 
-def _run_layer(layer: nn.Module, index: int, prefix, hidden: Tensor, kwargs: dict) -> Tensor:
+def _run_layer(layer: nn.Module, prefix, hidden: Tensor, kwargs: dict) -> Tensor:
     cache = prefix.cache_for(len(hidden)) if prefix is not None else None
     out = layer(hidden, **kwargs, cache=cache)
     return out[0] if isinstance(out, tuple) else out
@@ -187,7 +189,7 @@ def _layer_loss(spiking, coder, layer, i, prefix, hidden, arguments, targets) ->
     total = 0.0
     with spiking.surgery(coder):
         for b, x in enumerate(hidden):
-            out = _run_layer(layer, i, prefix, x, arguments[i][b])
+            out = _run_layer(layer, prefix, x, arguments[i][b])
             total += _loss(out, targets[i][b]).item()
     return total / len(hidden)
 
@@ -205,7 +207,8 @@ def reconstruct_blocks(
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
     windows = windows[: settings.windows]
-    inputs, targets, arguments = _record_layers(spiking, windows, settings.batch)
+    trajectory = settings.target == "trajectory"
+    inputs, targets, arguments = _record_layers(spiking, windows, settings.batch, trajectory)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -219,11 +222,10 @@ def reconstruct_blocks(
             indices = [rows[n] for n in names]
             neurons = TunedNeurons(concat_tables([tables[k] for k in indices]))
             coder = SurrogateCoder(neurons, names, settings.sharpness)
-            if settings.target == "same-input":
+            if not trajectory:
                 with torch.no_grad(), spiking.surgery(Passthrough()):
                     targets[i] = [
-                        _run_layer(layer, i, prefix, x, arguments[i][b])
-                        for b, x in enumerate(hidden)
+                        _run_layer(layer, prefix, x, arguments[i][b]) for b, x in enumerate(hidden)
                     ]
             optimizer = torch.optim.Adam(neurons.parameters(), lr=settings.lr)
             before = _layer_loss(spiking, coder, layer, i, prefix, hidden, arguments, targets)
@@ -231,7 +233,7 @@ def reconstruct_blocks(
                 for b, x in enumerate(hidden):
                     coder.refresh()
                     with spiking.surgery(coder), torch.enable_grad():
-                        out = _run_layer(layer, i, prefix, x, arguments[i][b])
+                        out = _run_layer(layer, prefix, x, arguments[i][b])
                         loss = _loss(out, targets[i][b])
                         optimizer.zero_grad()
                         loss.backward()
@@ -247,7 +249,7 @@ def reconstruct_blocks(
             spiking._coders.clear()
             with torch.no_grad(), spiking.coded():
                 hidden = [
-                    _run_layer(layer, i, prefix, x, arguments[i][b]) for b, x in enumerate(hidden)
+                    _run_layer(layer, prefix, x, arguments[i][b]) for b, x in enumerate(hidden)
                 ]
     finally:
         for p in frozen:
