@@ -1,16 +1,21 @@
-"""Block-wise reconstruction (issue 25): the default conversion against the same conversion
-followed by ``--reconstruct block``, at several T, against the prefixed ANN.
+"""What each piece of issue 25 gives on its own, against the prefixed ANN: the neuron code
+(binary phase code, signed-digit), block-wise reconstruction (``--reconstruct block``), and
+what the attention probabilities' neurons cost (a diagnostic), at several T.
 
-    python benchmarks/reconstruct.py [--windows 40] [--timesteps 8 6 4]
+    python benchmarks/reconstruct.py [--windows 40] [--timesteps 8 6 4] [--code signed-digit]
     python benchmarks/reconstruct.py --qwen2 PATH.gguf --windows 8 --timesteps 8 6
+    python benchmarks/reconstruct.py --no-reconstruct    # skip the (slow) reconstruction
     python benchmarks/reconstruct.py --table    # only rewrite the docs table
 
-One process per model: the model is converted once per T (default settings), scored on
-WikiText-2 test windows of 512 tokens (the prefixed ANN — rotations and the chosen prefix,
-the model the neurons approximate — and the SNN fast path), then its neurons are tuned by
+One process per model: the model is converted once per code and T (other settings default),
+scored on WikiText-2 test windows of 512 tokens (the prefixed ANN — rotations and the chosen
+prefix, the model the neurons approximate — and the SNN fast path), scored again with the
+probability sites passed through (their exact softmax output goes into P·V: the most any
+coding of the probabilities could give back), then its neurons are tuned by
 ``reconstruct_blocks`` on the conversion's own calibration windows and the SNN is scored
-again. Writes benchmarks/results/reconstruct.json (rows are merged per model and T) and
-docs/results-reconstruct.md. Run it alone: the seconds are wall times on this machine.
+again. Writes benchmarks/results/reconstruct.json (rows are merged per model, code, T and
+windows: a new row replaces the old one whole) and docs/results-reconstruct.md. Run it
+alone: the seconds are wall times on this machine.
 """
 
 from __future__ import annotations
@@ -20,12 +25,21 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct.json"
 DOC = ROOT / "docs" / "results-reconstruct.md"
 
 
-def measure(model_name: str | None, label: str, timesteps: list[int], windows: int) -> list[dict]:
+def measure(
+    model_name: str | None,
+    label: str,
+    codes: list[str],
+    timesteps: list[int],
+    windows: int,
+    reconstruct: bool,
+) -> list[dict]:
     import phasecode as pc
     from phasecode.api.model import calibration_texts
     from phasecode.calibration.text import token_batches
@@ -34,45 +48,67 @@ def measure(model_name: str | None, label: str, timesteps: list[int], windows: i
     from phasecode.evaluation.perplexity import load_corpus, token_windows
 
     rows = []
-    for steps in timesteps:
-        model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
-        config = pc.ConversionConfig(timesteps=steps)
-        start = time.perf_counter()
-        snn = pc.convert(model, tokenizer, config, progress=False)
-        convert_seconds = time.perf_counter() - start
-        spiking = snn.spiking
-        ids = token_windows(tokenizer, load_corpus("wikitext2"), 512, windows)
+    for code in codes:
+        for steps in timesteps:
+            model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
+            config = pc.ConversionConfig(timesteps=steps, code=code)
+            start = time.perf_counter()
+            snn = pc.convert(model, tokenizer, config, progress=False)
+            convert_seconds = time.perf_counter() - start
+            spiking = snn.spiking
+            ids = token_windows(tokenizer, load_corpus("wikitext2"), 512, windows)
 
-        ann, ann_seconds = score(spiking, ids, Passthrough())
-        fitted, _ = score(spiking, ids)
-        calibration = token_batches(
-            tokenizer, calibration_texts(None), config.sequences, config.seq_len, add_bos=False
-        )
-        start = time.perf_counter()
-        report = reconstruct_blocks(spiking, calibration, ReconstructSettings(), progress=False)
-        reconstruct_seconds = time.perf_counter() - start
-        tuned, snn_seconds = score(spiking, ids)
-        layers = report["layers"]
-        rows.append(
-            {
+            ann, ann_seconds = score(spiking, ids, Passthrough())
+            fitted, snn_seconds = score(spiking, ids)
+            exact_probs, _ = score(spiking, ids, without_probs(spiking))
+            row = {
                 "model": label,
+                "code": code,
                 "timesteps": steps,
                 "windows": windows,
                 "prefixed_ann_ppl": ann,
                 "snn_ppl": fitted,
-                "snn_reconstructed_ppl": tuned,
                 "ratio": fitted / ann,
-                "ratio_reconstructed": tuned / ann,
+                "ratio_exact_probs": exact_probs / ann,
                 "convert_seconds": convert_seconds,
-                "reconstruct_seconds": reconstruct_seconds,
                 "ann_eval_seconds": ann_seconds,
                 "snn_eval_seconds": snn_seconds,
-                "layers_improved": sum(r["loss_after"] < r["loss_before"] for r in layers),
-                "layers": len(layers),
             }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+            if reconstruct:
+                calibration = token_batches(
+                    tokenizer,
+                    calibration_texts(None),
+                    config.sequences,
+                    config.seq_len,
+                    add_bos=False,
+                )
+                start = time.perf_counter()
+                report = reconstruct_blocks(
+                    spiking, calibration, ReconstructSettings(), progress=False
+                )
+                seconds = time.perf_counter() - start
+                tuned, _ = score(spiking, ids)
+                layers = report["layers"]
+                row.update(
+                    snn_reconstructed_ppl=tuned,
+                    ratio_reconstructed=tuned / ann,
+                    reconstruct_seconds=seconds,
+                    layers_improved=sum(r["loss_after"] < r["loss_before"] for r in layers),
+                    layers=len(layers),
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
+
+
+def without_probs(spiking):
+    """The fast path's coder with the attention probabilities' neurons left out."""
+    from phasecode.conversion.handlers import Coder
+    from phasecode.models.sites import site_kind
+
+    keep = [i for i, name in enumerate(spiking.sites) if site_kind(name) != "probs"]
+    index = torch.tensor(keep)
+    return Coder(spiking.table.select(index), [spiking.sites[i] for i in keep])
 
 
 def score(spiking, ids, handler=None) -> tuple[float, float]:
@@ -86,32 +122,48 @@ def score(spiking, ids, handler=None) -> tuple[float, float]:
     return ppl, time.perf_counter() - start
 
 
+def _cell(row: dict, key: str, fmt: str, mark: str = "") -> str:
+    """``row[key]`` formatted, or a dash where this row did not measure it."""
+    return mark + format(row[key], fmt) if key in row else "–"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
-        "# Results: block-wise reconstruction",
+        "# Results: what each piece of the conversion costs (issue 25)",
         "",
         "Regenerate with `python benchmarks/reconstruct.py` (and `--qwen2 PATH.gguf`; `--table` "
         "rewrites this page from `benchmarks/results/reconstruct.json`). WikiText-2 test, "
         "windows of 512 tokens; ratios are against the **prefixed ANN** (rotations and the "
-        "chosen prefix: the model the neurons approximate). *fitted*: the default conversion "
-        "(Alg. 1/2, each site's neuron fitted to its own samples); *reconstructed*: the same "
-        "neurons after `reconstruct_blocks` (each decoder layer's neurons tuned together on the "
-        "layer's output, `--reconstruct block`). Seconds are wall times on this 2-core CPU, "
-        "with the prefixed ANN's evaluation time beside them.",
+        "chosen prefix: the model the neurons approximate). *fitted*: the conversion with that "
+        "code (Alg. 1/2, each site's neuron fitted to its own samples; every other setting "
+        "default); *probs exact*: a diagnostic, the same SNN with the attention probabilities' "
+        "neurons passed through, so the exact softmax output enters P·V (the most any coding "
+        "of the probabilities could give back); *reconstructed*: the fitted neurons after "
+        "`reconstruct_blocks` (each decoder layer's neurons tuned together on the layer's "
+        "output, `--reconstruct block`). Seconds are wall times on this 2-core CPU, with the "
+        "prefixed ANN's evaluation time beside them.",
         "",
-        "| model | T | windows | prefixed ANN | SNN fitted | ×fitted | SNN reconstructed | "
-        "×reconstructed | layers improved | convert (s) | reconstruct (s) | ANN eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | code | T | windows | prefixed ANN | SNN fitted | ×fitted | ×probs exact | "
+        "×reconstructed | layers improved | convert (s) | reconstruct (s) | ANN eval (s) | "
+        "SNN eval (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["model"], -r["timesteps"])):
+    order = sorted(rows, key=lambda r: (r["model"], r["code"], -r["timesteps"], r["windows"]))
+    for r in order:
+        improved = f"{r['layers_improved']}/{r['layers']}" if "layers" in r else "–"
         lines.append(
-            f"| {r['model']} | {r['timesteps']} | {r['windows']} | {r['prefixed_ann_ppl']:.3f} | "
-            f"{r['snn_ppl']:.3f} | ×{r['ratio']:.4f} | {r['snn_reconstructed_ppl']:.3f} | "
-            f"×{r['ratio_reconstructed']:.4f} | {r['layers_improved']}/{r['layers']} | "
-            f"{r['convert_seconds']:.0f} | {r['reconstruct_seconds']:.0f} | "
-            f"{r['ann_eval_seconds']:.0f} |"
+            f"| {r['model']} | {r['code']} | {r['timesteps']} | {r['windows']} | "
+            f"{r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | ×{r['ratio']:.4f} | "
+            f"{_cell(r, 'ratio_exact_probs', '.4f', '×')} | "
+            f"{_cell(r, 'ratio_reconstructed', '.4f', '×')} | "
+            f"{improved} | {r['convert_seconds']:.0f} | {_cell(r, 'reconstruct_seconds', '.0f')} | "
+            f"{r['ann_eval_seconds']:.0f} | {_cell(r, 'snn_eval_seconds', '.0f')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["code"], row["timesteps"], row["windows"]
 
 
 def main() -> None:
@@ -119,15 +171,19 @@ def main() -> None:
     parser.add_argument("--qwen2", type=Path, help="the Qwen2.5-Coder-0.5B GGUF (fetch-qwen2.sh)")
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[8, 6, 4])
+    parser.add_argument("--code", nargs="+", default=["binary", "signed-digit"])
+    parser.add_argument(
+        "--no-reconstruct", action="store_true", help="skip the block-wise reconstruction"
+    )
     parser.add_argument("--table", action="store_true", help="only rewrite the docs table")
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     if not args.table:
         label = "Qwen2.5-Coder-0.5B" if args.qwen2 else "SmolLM2-135M"
         name = str(args.qwen2) if args.qwen2 else None
-        new = measure(name, label, args.timesteps, args.windows)
-        done = {(r["model"], r["timesteps"], r["windows"]) for r in new}
-        rows = [r for r in rows if (r["model"], r["timesteps"], r["windows"]) not in done] + new
+        new = measure(name, label, args.code, args.timesteps, args.windows, not args.no_reconstruct)
+        done = {_key(r) for r in new}
+        rows = [r for r in rows if _key(r) not in done] + new
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
     DOC.write_text(table(rows))
     print(DOC.read_text())

@@ -13,6 +13,15 @@ from phasecode.errors import PhasecodeError
 
 METHODS = ("mgpc", "las", "spikedattention", "ttfs", "rate", "phase")
 CODES = ("binary", "signed-digit")  # spikes carry x's sign only | may also fire −1 (neuron.py)
+
+
+def default_code(method: str) -> str:
+    """The neuron a conversion trains unless told otherwise: signed-digit for mgpc (at T=6 it
+    keeps the perplexity the binary code loses, docs/results-reconstruct.md), binary for the
+    fixed-code baselines, which train nothing."""
+    return "signed-digit" if method == "mgpc" else "binary"
+
+
 # what a site's neuron minimises: its samples' squared error, or that error weighted by the
 # model loss's squared gradient at each value (E[g² | x], conversion/sensitivity.py)
 OBJECTIVES = ("mse", "fisher")
@@ -85,7 +94,7 @@ class FitSettings:
     timesteps: int = 8
     grains: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
-    code: str = "binary"
+    code: str | None = None  # None: the method's own (default_code)
     objective: str = "mse"
     # κ of a κ·(mean error)² term for the attention-probability sites (training/objective.py);
     # 0: plain objective
@@ -97,6 +106,8 @@ class FitSettings:
         if self.method not in METHODS:
             choices = ", ".join(METHODS)
             raise PhasecodeError(f"unknown method {self.method!r}; choose from {choices}")
+        if self.code is None:
+            object.__setattr__(self, "code", default_code(self.method))
         if self.code not in CODES:
             raise PhasecodeError(f"unknown code {self.code!r}; choose from {', '.join(CODES)}")
         if self.code != "binary" and self.method != "mgpc":

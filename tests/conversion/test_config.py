@@ -17,6 +17,15 @@ def test_defaults_are_the_clis():
     assert config.energy_budget_settings() is None
 
 
+@pytest.mark.parametrize("method, code", [("mgpc", "signed-digit"), ("las", "binary")])
+def test_the_default_code_is_the_methods_own_and_recorded_resolved(method, code):
+    config = ConversionConfig(method=method)
+    assert config.code == code == FitSettings(method).code
+    assert config.to_dict()["code"] == code
+    assert ConversionConfig.from_dict(config.to_dict()) == config
+    assert ConversionConfig(method=method, code="binary").code == "binary"
+
+
 @pytest.mark.parametrize(
     "changes, field",
     [

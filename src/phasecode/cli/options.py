@@ -120,12 +120,14 @@ def add_fit(parser: argparse.ArgumentParser) -> None:
         help="samples per site in each θ/h step of Alg. 1, in turn (all: every sample)",
     )
     parser.add_argument("--method", default="mgpc", choices=METHODS, metavar="|".join(METHODS))
-    _choice(
-        parser,
+    parser.add_argument(
         "--code",
-        CODES,
-        "mgpc neuron: spikes carry the input's sign (binary) or may also fire -1 to "
-        "correct an overshoot (signed-digit: fewer spikes)",
+        default=None,
+        choices=CODES,
+        metavar="|".join(CODES),
+        help="mgpc neuron: spikes carry the input's sign (binary) or may also fire -1 to "
+        "correct an overshoot (signed-digit, mgpc's default: fewer spikes, and at low T "
+        "far closer to the ANN); the fixed-code baselines are binary",
     )
     _choice(
         parser,

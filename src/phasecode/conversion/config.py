@@ -29,6 +29,7 @@ from phasecode.settings import (
     FitSettings,
     SamplingSettings,
     TrainConfig,
+    default_code,
 )
 
 MIN_SAMPLES = 16  # per site: fewer cannot split into a training and a held-out half
@@ -51,12 +52,14 @@ class ConversionConfig:
     the predicted SNN/ANN total-energy ratio to convert under (``None``: no budget).
     ``reconstruct``: ``"block"`` tunes each decoder layer's neurons on the layer's output
     after Alg. 1/2 (``conversion/reconstruct.py``); ``"none"`` keeps the per-site fit.
+    ``code``: ``None`` is the method's own (``settings.default_code``: signed-digit for mgpc,
+    binary for the fixed-code baselines); the config always holds the resolved name.
     """
 
     method: str = "mgpc"
     timesteps: int = 8
     grains: int = 2
-    code: str = "binary"
+    code: str | None = None
     objective: str = "mse"
     probs_bias: float | str = 0.0
     mode: str = TrainConfig.mode
@@ -81,6 +84,8 @@ class ConversionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.prefix, Sequence) and not isinstance(self.prefix, str):
             object.__setattr__(self, "prefix", tuple(self.prefix))  # lists from JSON / YAML
+        if self.code is None and isinstance(self.method, str):
+            object.__setattr__(self, "code", default_code(self.method))
         self._check_fields()
         try:  # what the settings check across fields (e.g. grains <= T, code needs mgpc)
             self.fit_settings()
