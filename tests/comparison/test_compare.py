@@ -276,3 +276,11 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, options, need
     assert len(lines) == 1 and lines[0].startswith("phasecode: error: "), err
     assert needle in lines[0]
     assert not out.exists()
+
+
+def test_the_grid_codes_with_the_papers_binary_neuron_whatever_converts_default():
+    from phasecode.settings import FitSettings, TrainConfig
+
+    assert FitSettings().code == "signed-digit"  # convert's default for mgpc
+    assert grid.Cell("mgpc", 8, 2).fit(TrainConfig()).code == "binary"
+    assert grid.Cell("las", 8).fit(TrainConfig()).code == "binary"

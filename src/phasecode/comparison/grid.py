@@ -51,9 +51,11 @@ class Cell:
         return (self.rotate, self.prefix, self.weight_bits)
 
     def fit(self, train: TrainConfig) -> FitSettings:
-        """The neuron settings; validates the cell (unknown method, grains > T, ...)."""
+        """The neuron settings; validates the cell (unknown method, grains > T, ...). Every
+        cell codes with the paper's binary neuron, whatever `convert`'s default: the grid
+        reproduces the paper's comparison."""
         config = replace(train, mode=self.mode) if self.mode else train
-        return FitSettings(self.method, self.timesteps, self.grains, config)
+        return FitSettings(self.method, self.timesteps, self.grains, config, code="binary")
 
     def series(self) -> str:
         """Row label without T: 'Ours (Grain=2)', 'Ours (Grain=2, joint)', 'LAS', ..."""
