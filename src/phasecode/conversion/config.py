@@ -84,7 +84,7 @@ class ConversionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.prefix, Sequence) and not isinstance(self.prefix, str):
             object.__setattr__(self, "prefix", tuple(self.prefix))  # lists from JSON / YAML
-        if self.code is None and isinstance(self.method, str):
+        if self.code is None:
             object.__setattr__(self, "code", default_code(self.method))
         self._check_fields()
         try:  # what the settings check across fields (e.g. grains <= T, code needs mgpc)
