@@ -1,26 +1,31 @@
 """What each piece of issue 25 gives on its own, against the prefixed ANN: the neuron code
-(binary phase code, signed-digit), block-wise reconstruction (``--reconstruct block``), and
-what the attention probabilities' neurons cost (a diagnostic), at several T.
+(binary phase code, signed-digit), the neuron's range (``--neuron-range peak|fitted``),
+block-wise reconstruction (``--reconstruct block``), and what the attention probabilities'
+neurons cost (a diagnostic), at several T.
 
     python benchmarks/reconstruct.py [--windows 40] [--timesteps 8 6 4] [--code signed-digit]
     python benchmarks/reconstruct.py --qwen2 PATH.gguf --windows 8 --timesteps 8 6
     python benchmarks/reconstruct.py --no-reconstruct    # skip the (slow) reconstruction
+    python benchmarks/reconstruct.py --neuron-range peak fitted --no-diagnostic
     python benchmarks/reconstruct.py --table    # only rewrite the docs table
 
-One process per model: the model is converted once per code and T (other settings default),
+One process per model: the model is converted once per code, range and T (other settings
+default),
 scored on WikiText-2 test windows of 512 tokens (the prefixed ANN — rotations and the chosen
 prefix, the model the neurons approximate — and the SNN fast path), scored again with the
 probability sites passed through (their exact softmax output goes into P·V: the most any
 coding of the probabilities could give back), then its neurons are tuned by
 ``reconstruct_blocks`` on the conversion's own calibration windows and the SNN is scored
-again. Writes benchmarks/results/reconstruct.json (rows are merged per model, code, T and
-windows: a new row replaces the old one whole) and docs/results-reconstruct.md. Run it
+again. Writes benchmarks/results/reconstruct.json (rows are merged per model, code, range, T
+and windows: a new row replaces the old one whole; rows from before the range option were
+measured at the fitted range) and docs/results-reconstruct.md. Run it
 alone: the seconds are wall times on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -36,9 +41,11 @@ def measure(
     model_name: str | None,
     label: str,
     codes: list[str],
+    ranges: list[str],
     timesteps: list[int],
     windows: int,
     reconstruct: bool,
+    diagnostic: bool,
 ) -> list[dict]:
     import phasecode as pc
     from phasecode.api.model import calibration_texts
@@ -48,56 +55,56 @@ def measure(
     from phasecode.evaluation.perplexity import load_corpus, token_windows
 
     rows = []
-    for code in codes:
-        for steps in timesteps:
-            model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
-            config = pc.ConversionConfig(timesteps=steps, code=code)
-            start = time.perf_counter()
-            snn = pc.convert(model, tokenizer, config, progress=False)
-            convert_seconds = time.perf_counter() - start
-            spiking = snn.spiking
-            ids = token_windows(tokenizer, load_corpus("wikitext2"), 512, windows)
+    for code, neuron_range, steps in itertools.product(codes, ranges, timesteps):
+        model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
+        config = pc.ConversionConfig(timesteps=steps, code=code, neuron_range=neuron_range)
+        start = time.perf_counter()
+        snn = pc.convert(model, tokenizer, config, progress=False)
+        convert_seconds = time.perf_counter() - start
+        spiking = snn.spiking
+        ids = token_windows(tokenizer, load_corpus("wikitext2"), 512, windows)
 
-            ann, ann_seconds = score(spiking, ids, Passthrough())
-            fitted, snn_seconds = score(spiking, ids)
+        ann, ann_seconds = score(spiking, ids, Passthrough())
+        fitted, snn_seconds = score(spiking, ids)
+        row = {
+            "model": label,
+            "code": code,
+            "neuron_range": neuron_range,
+            "range_chosen": spiking.report["neuron_range_choice"]["chosen"],
+            "timesteps": steps,
+            "windows": windows,
+            "prefixed_ann_ppl": ann,
+            "snn_ppl": fitted,
+            "ratio": fitted / ann,
+            "convert_seconds": convert_seconds,
+            "ann_eval_seconds": ann_seconds,
+            "snn_eval_seconds": snn_seconds,
+        }
+        if diagnostic:
             exact_probs, _ = score(spiking, ids, without_probs(spiking))
-            row = {
-                "model": label,
-                "code": code,
-                "timesteps": steps,
-                "windows": windows,
-                "prefixed_ann_ppl": ann,
-                "snn_ppl": fitted,
-                "ratio": fitted / ann,
-                "ratio_exact_probs": exact_probs / ann,
-                "convert_seconds": convert_seconds,
-                "ann_eval_seconds": ann_seconds,
-                "snn_eval_seconds": snn_seconds,
-            }
-            if reconstruct:
-                calibration = token_batches(
-                    tokenizer,
-                    calibration_texts(None),
-                    config.sequences,
-                    config.seq_len,
-                    add_bos=False,
-                )
-                start = time.perf_counter()
-                report = reconstruct_blocks(
-                    spiking, calibration, ReconstructSettings(), progress=False
-                )
-                seconds = time.perf_counter() - start
-                tuned, _ = score(spiking, ids)
-                layers = report["layers"]
-                row.update(
-                    snn_reconstructed_ppl=tuned,
-                    ratio_reconstructed=tuned / ann,
-                    reconstruct_seconds=seconds,
-                    layers_improved=sum(r["loss_after"] < r["loss_before"] for r in layers),
-                    layers=len(layers),
-                )
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            row["ratio_exact_probs"] = exact_probs / ann
+        if reconstruct:
+            calibration = token_batches(
+                tokenizer,
+                calibration_texts(None),
+                config.sequences,
+                config.seq_len,
+                add_bos=False,
+            )
+            start = time.perf_counter()
+            report = reconstruct_blocks(spiking, calibration, ReconstructSettings(), progress=False)
+            seconds = time.perf_counter() - start
+            tuned, _ = score(spiking, ids)
+            layers = report["layers"]
+            row.update(
+                snn_reconstructed_ppl=tuned,
+                ratio_reconstructed=tuned / ann,
+                reconstruct_seconds=seconds,
+                layers_improved=sum(r["loss_after"] < r["loss_before"] for r in layers),
+                layers=len(layers),
+            )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -136,23 +143,30 @@ def table(rows: list[dict]) -> str:
         "windows of 512 tokens; ratios are against the **prefixed ANN** (rotations and the "
         "chosen prefix: the model the neurons approximate). *fitted*: the conversion with that "
         "code (Alg. 1/2, each site's neuron fitted to its own samples; every other setting "
-        "default); *probs exact*: a diagnostic, the same SNN with the attention probabilities' "
+        "default); *range*: `peak` widens each trained neuron until it reaches the largest "
+        "value its site showed in calibration, `fitted` keeps the squared-error fit's range "
+        "(every row measured before the option existed), `auto` (the default) keeps the one "
+        "of fitted, halfway and peak whose coded model has the lowest calibration loss; "
+        "*probs exact*: a diagnostic, the same SNN with the attention probabilities' "
         "neurons passed through, so the exact softmax output enters P·V (the most any coding "
         "of the probabilities could give back); *reconstructed*: the fitted neurons after "
         "`reconstruct_blocks` (each decoder layer's neurons tuned together on the layer's "
         "output, `--reconstruct block`). Seconds are wall times on this 2-core CPU, with the "
         "prefixed ANN's evaluation time beside them.",
         "",
-        "| model | code | T | windows | prefixed ANN | SNN fitted | ×fitted | ×probs exact | "
+        "| model | code | range | T | windows | prefixed ANN | SNN | ×SNN | ×probs exact | "
         "×reconstructed | layers improved | convert (s) | reconstruct (s) | ANN eval (s) | "
         "SNN eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = sorted(rows, key=lambda r: (r["model"], r["code"], -r["timesteps"], r["windows"]))
+    order = sorted(
+        rows, key=lambda r: (r["model"], r["code"], _range(r), -r["timesteps"], r["windows"])
+    )
     for r in order:
         improved = f"{r['layers_improved']}/{r['layers']}" if "layers" in r else "–"
         lines.append(
-            f"| {r['model']} | {r['code']} | {r['timesteps']} | {r['windows']} | "
+            f"| {r['model']} | {r['code']} | {_range_cell(r)} | {r['timesteps']} | "
+            f"{r['windows']} | "
             f"{r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | ×{r['ratio']:.4f} | "
             f"{_cell(r, 'ratio_exact_probs', '.4f', '×')} | "
             f"{_cell(r, 'ratio_reconstructed', '.4f', '×')} | "
@@ -162,8 +176,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _range(row: dict) -> str:
+    """The row's neuron range: rows from before the option were measured at the fitted one."""
+    return row.get("neuron_range", "fitted")
+
+
+def _range_cell(row: dict) -> str:
+    """The range asked for, and what ``auto`` chose."""
+    asked = _range(row)
+    return f"{asked} → {row['range_chosen']}" if asked == "auto" else asked
+
+
 def _key(row: dict) -> tuple:
-    return row["model"], row["code"], row["timesteps"], row["windows"]
+    return row["model"], row["code"], _range(row), row["timesteps"], row["windows"]
 
 
 def main() -> None:
@@ -173,6 +198,12 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=[8, 6, 4])
     parser.add_argument("--code", nargs="+", default=["binary", "signed-digit"])
     parser.add_argument(
+        "--neuron-range", nargs="+", default=["auto"], choices=["auto", "fitted", "halfway", "peak"]
+    )
+    parser.add_argument(
+        "--no-diagnostic", action="store_true", help="skip the probabilities-exact diagnostic"
+    )
+    parser.add_argument(
         "--no-reconstruct", action="store_true", help="skip the block-wise reconstruction"
     )
     parser.add_argument("--table", action="store_true", help="only rewrite the docs table")
@@ -181,7 +212,16 @@ def main() -> None:
     if not args.table:
         label = "Qwen2.5-Coder-0.5B" if args.qwen2 else "SmolLM2-135M"
         name = str(args.qwen2) if args.qwen2 else None
-        new = measure(name, label, args.code, args.timesteps, args.windows, not args.no_reconstruct)
+        new = measure(
+            name,
+            label,
+            args.code,
+            args.neuron_range,
+            args.timesteps,
+            args.windows,
+            not args.no_reconstruct,
+            not args.no_diagnostic,
+        )
         done = {_key(r) for r in new}
         rows = [r for r in rows if _key(r) not in done] + new
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")

@@ -27,6 +27,15 @@ def default_code(method: str) -> str:
 OBJECTIVES = ("mse", "fisher")
 # after training: "block" tunes each decoder layer's neurons on its output (conversion/reconstruct)
 RECONSTRUCTIONS = ("none", "block")
+# how far a trained neuron reaches, as a power of its shortfall (the largest |x| its site
+# showed in calibration over the neuron's saturation) by which θ, h and d are scaled
+# together: "fitted" keeps the squared-error fit's range, which clips the rare large values a
+# sample of the site barely holds, though they cost perplexity far beyond their share of the
+# squared error; "peak" never saturates on calibration; a wider neuron is coarser, and fewer
+# steps make that cost weigh more, so "auto" keeps the strength whose coded model has the
+# lowest calibration loss (docs/method.md#a-neurons-range)
+RANGE_STRENGTHS = {"fitted": 0.0, "halfway": 0.5, "peak": 1.0}
+NEURON_RANGES = ("auto", *RANGE_STRENGTHS)
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 BUDGET_MODES = ("price", "knapsack")
@@ -101,6 +110,7 @@ class FitSettings:
     probs_bias: float = 0.0
     # choose κ ∈ {0, PROBS_BIAS} by the coded model's calibration loss (--probs-bias auto)
     probs_bias_auto: bool = False
+    neuron_range: str = NEURON_RANGES[0]
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -125,6 +135,11 @@ class FitSettings:
         if self.objective != "mse" and self.method != "mgpc":
             raise PhasecodeError(
                 f"--objective {self.objective} trains its neurons: it needs --method mgpc"
+            )
+        if self.neuron_range not in NEURON_RANGES:
+            choices = ", ".join(NEURON_RANGES)
+            raise PhasecodeError(
+                f"unknown neuron range {self.neuron_range!r}; choose from {choices}"
             )
         validate_timesteps(self.timesteps, TTFS_TIMESTEPS if self.method == "ttfs" else PHASE_LIMIT)
         if not 1 <= self.grains <= self.timesteps:

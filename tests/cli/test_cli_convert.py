@@ -154,6 +154,19 @@ def test_convert_with_block_reconstruction(files, tmp_path):
     assert report["config"]["reconstruct"] == "block"
 
 
+def test_convert_with_the_fitted_range(files, tmp_path, capsys):
+    """--neuron-range fitted keeps the squared-error fit's range: the recipe records it, the
+    summary says so, and the report shows each neuron's saturation beside its site's
+    calibration peak."""
+    out = tmp_path / "fitted"
+    argv = _convert_argv(files / "model", files / "calib.jsonl", out)
+    assert main([*argv, "--neuron-range", "fitted"]) == 0
+    assert "neuron range: fitted (given)" in capsys.readouterr().out
+    report = read_spiking_metadata(out)["report"]
+    assert report["config"]["neuron_range"] == "fitted"
+    assert any(row["saturation"] < row["calibration_peak"] for row in report["sites"])
+
+
 def test_convert_prints_a_summary(artifact):
     code, out, stdout, stderr = artifact
     assert code == 0

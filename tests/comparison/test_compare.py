@@ -120,6 +120,7 @@ def test_a_cell_equals_the_same_conversion_through_convert_and_eval(first_run, f
     convert = ["--quiet", "convert", "--model", str(files / "model"), "--method", "las", "-T", "4"]
     convert += ["--calibration", str(files / "calib.jsonl"), "--samples", "32"]
     convert += ["--sequences", "4", "--seq-len", "32", "--out", str(tmp_path / "las")]
+    convert += ["--neuron-range", "fitted"]  # the grid keeps the paper's fitted range
     assert main(convert) == 0
     report = tmp_path / "eval.json"
     evaluate = ["--quiet", "eval", str(tmp_path / "las"), "--ppl", "", "--text"]
@@ -284,3 +285,4 @@ def test_the_grid_codes_with_the_papers_binary_neuron_whatever_converts_default(
     assert FitSettings().code == "signed-digit"  # convert's default for mgpc
     assert grid.Cell("mgpc", 8, 2).fit(TrainConfig()).code == "binary"
     assert grid.Cell("las", 8).fit(TrainConfig()).code == "binary"
+    assert grid.Cell("mgpc", 8, 2).fit(TrainConfig()).neuron_range == "fitted"

@@ -26,6 +26,13 @@ def test_the_default_code_is_the_methods_own_and_recorded_resolved(method, code)
     assert ConversionConfig(method=method, code="binary").code == "binary"
 
 
+def test_the_default_range_is_chosen_and_reaches_the_fit():
+    assert ConversionConfig().neuron_range == "auto" == FitSettings().neuron_range
+    fitted = ConversionConfig(neuron_range="fitted")
+    assert fitted.fit_settings().neuron_range == "fitted"
+    assert ConversionConfig.from_dict(fitted.to_dict()) == fitted
+
+
 @pytest.mark.parametrize(
     "changes, field",
     [
@@ -45,6 +52,7 @@ def test_the_default_code_is_the_methods_own_and_recorded_resolved(method, code)
         ({"prefix": [1, -2]}, "prefix"),
         ({"rotate": "yes"}, "rotate"),
         ({"batch_samples": 0}, "batch_samples"),
+        ({"neuron_range": "wide"}, "neuron_range"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):

@@ -12,13 +12,19 @@ from helpers import CONVERTIBLE_SIZES, eager_logits, logits, write_calibration
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-from phasecode.conversion.convert import SpikingModel, convert
+from phasecode.calibration.text import read_texts, token_batches
+from phasecode.conversion.convert import (
+    RANGE_WINDOWS,
+    SpikingModel,
+    calibration_windows,
+    convert,
+)
 from phasecode.conversion.handlers import Coder
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix_choice import NO_PREFIX, PrefixRequest
 from phasecode.models.hadamard import OnlineRotation
 from phasecode.models.sites import spiking_sites
-from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
+from phasecode.settings import RANGE_STRENGTHS, FitSettings, SamplingSettings, TrainConfig
 
 ARCHS = ["llama", "qwen2", "mistral"]
 CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
@@ -244,3 +250,58 @@ def test_other_methods_convert(method, calibration, tiny_tokenizer):
     assert _relative_error(coded, analog) > 1e-3
     assert len(spiking.report["sites"]) == spiking.table.sites
     assert spiking.report["spec"]["method"] == method
+
+
+# ----------------------------------------------------------------------------- neuron range
+
+
+def test_auto_range_keeps_the_strength_with_the_lowest_loss_on_unsampled_text(converted):
+    _, spiking, _ = converted
+    choice = spiking.report["neuron_range_choice"]
+    assert set(choice["loss"]) == set(RANGE_STRENGTHS)
+    assert choice["chosen"] == min(choice["loss"], key=choice["loss"].get)
+    assert "after those sampled" in choice["reason"]
+    for row in spiking.report["sites"]:
+        assert row["calibration_peak"] > 0, row["name"]
+
+
+def test_the_range_is_scored_on_text_after_the_calibration_windows(tiny_tokenizer, calibration):
+    sampling = _sampling(calibration)
+    texts = read_texts(calibration)
+    windows, unseen = calibration_windows(tiny_tokenizer, texts, sampling)
+    plain = token_batches(tiny_tokenizer, texts, sampling.sequences, sampling.seq_len, False)
+    longer = token_batches(
+        tiny_tokenizer, texts, sampling.sequences + RANGE_WINDOWS, sampling.seq_len, False
+    )
+    assert torch.equal(windows, plain)  # the samples come from the same windows as before
+    assert torch.equal(unseen, longer[sampling.sequences :])
+    needed = sampling.sequences * sampling.seq_len  # only enough text for the calibration
+    ids = tiny_tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"][: needed + 8]
+    short = [tiny_tokenizer.decode(ids)]
+    windows, unseen = calibration_windows(tiny_tokenizer, short, sampling)
+    assert unseen is None and windows.shape == plain.shape
+
+
+def test_the_fitted_range_saturates_below_some_peaks_and_is_otherwise_the_same_code(
+    calibration, tiny_tokenizer
+):
+    """Widening changes only where a neuron saturates: each peak-range neuron is its fitted
+    neuron scaled by saturation ratio (or left as it was where it already reached)."""
+    tables, reports = {}, {}
+    for neuron_range in ("fitted", "peak"):
+        fit = FitSettings("mgpc", 4, 2, FAST_TRAINING, neuron_range=neuron_range)
+        spiking = convert(
+            _model("llama"), tiny_tokenizer, fit, _sampling(calibration), False, prefix=GIVEN
+        )
+        tables[neuron_range], reports[neuron_range] = spiking.table, spiking.report["sites"]
+    fitted, peak = tables["fitted"], tables["peak"]
+    short = torch.tensor(
+        [r["calibration_peak"] > r["saturation"] * (1 + 1e-5) for r in reports["fitted"]]
+    )
+    assert short.any()  # a sample of a few hundred values misses some site's largest
+    factor = peak.weight[:, 0] / fitted.weight[:, 0]
+    assert torch.allclose(peak.threshold, fitted.threshold * factor[:, None])
+    assert torch.allclose(peak.reset, fitted.reset * factor[:, None])
+    assert torch.equal(factor > 1 + 1e-5, short)
+    for row in reports["peak"]:  # no widened neuron saturates below its site's peak
+        assert row["saturation"] >= row["calibration_peak"] * (1 - 1e-5), row["name"]

@@ -26,7 +26,7 @@ from phasecode.conversion.store import save_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.reporting import figures
 from phasecode.reporting.levels import transfer
-from phasecode.reporting.report import write_report
+from phasecode.reporting.report import describe_range, write_report
 from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 from phasecode.simulation.counting import OpCount
 from phasecode.simulation.energy import PRESETS, costs_dict, summary
@@ -263,3 +263,13 @@ def test_report_rejects_bad_inputs(artifact, tmp_path):
         write_report(artifact, tmp_path / "out", tmp_path / "none.json", None)
     with pytest.raises(PhasecodeError, match="no results.json"):
         write_report(artifact, tmp_path / "out", None, tmp_path)
+
+
+def test_the_report_says_how_far_the_neurons_reach():
+    assert describe_range(None).startswith("fitted")  # artifacts from before the option
+    assert describe_range({"chosen": "peak", "reason": "given"}) == "peak (given)"
+    auto = {"chosen": "halfway", "loss": {"fitted": 3.25, "halfway": 3.125, "peak": 3.5}}
+    assert describe_range(auto) == (
+        "halfway (chosen by --neuron-range auto, calibration NLL fitted: 3.2500, "
+        "halfway: 3.1250, peak: 3.5000)"
+    )

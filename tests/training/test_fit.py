@@ -12,7 +12,7 @@ from phasecode.coding.neuron import value
 from phasecode.errors import PhasecodeError
 from phasecode.models.hadamard import hadamard_rotation
 from phasecode.settings import METHODS, FitSettings, SamplingSettings, TrainConfig
-from phasecode.training.fit import fit_codes, score_sites
+from phasecode.training.fit import fit_codes, largest_output, reach_peaks, score_sites
 from phasecode.training.yardstick import lloyd_max_mse, uniform_mse
 
 LAYERS = CONVERTIBLE_SIZES["num_hidden_layers"]
@@ -257,6 +257,26 @@ def test_fixed_codes_are_scaled_to_the_samples(fitted, samples):
         assert (reach <= table.max_value() * (1 + 1e-6)).all()
     # plain phase coding has no scale: it reaches 1 - 2^-T whatever the samples
     torch.testing.assert_close(fitted["phase"].table.max_value(), torch.full((SITES,), 1 - 2.0**-6))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_reach_peaks_moves_only_where_a_neuron_saturates(fitted, method):
+    """A neuron saturating below its peak is widened to reach it exactly, and codes x as
+    f·SN(x/f); one that already reaches is the same neuron."""
+    table = fitted[method].table
+    top = largest_output(table)
+    torch.testing.assert_close(top, value(torch.full((SITES, 1), 1e9), table)[:, 0])
+    peaks = top * torch.linspace(0.5, 3.0, SITES)
+    widened = reach_peaks(table, peaks)
+    torch.testing.assert_close(largest_output(widened), torch.maximum(top, peaks))
+    factor = (peaks / top).clamp_min(1)[:, None]
+    x = torch.linspace(-4, 4, 101).expand(SITES, -1) * top[:, None]
+    torch.testing.assert_close(value(x, widened), factor * value(x / factor, table))
+    kept = peaks <= top
+    assert kept.any() and torch.equal(widened.weight[kept], table.weight[kept])
+    halfway = largest_output(reach_peaks(table, peaks, 0.5))
+    torch.testing.assert_close(halfway, torch.maximum(top, (top * peaks).sqrt()))
+    assert torch.equal(reach_peaks(table, peaks, 0.0).weight, table.weight)
 
 
 def test_mgpc_with_two_grains_allocates_all_steps(fitted):

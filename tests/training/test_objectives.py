@@ -25,6 +25,12 @@ F64 = torch.float64
 FAST = TrainConfig(rounds=2, search_steps=2, search_samples=64)
 
 
+def _fit(timesteps: int, grains: int, **settings) -> FitSettings:
+    """mgpc at the fitted range: these tests compare trainings, which auto's choice of range
+    (a coded forward of its own) would blur."""
+    return FitSettings("mgpc", timesteps, grains, FAST, neuron_range="fitted", **settings)
+
+
 def test_probe_bins_the_squared_gradient_by_magnitude():
     """L = Σ x²/2 has g = x, so E[g² | bin] is the bin's mean x² and F is Σ x² per token."""
     torch.manual_seed(0)
@@ -136,8 +142,8 @@ def calibrated(tmp_path_factory, tiny_tokenizer):
 
 
 def test_fisher_conversion_reports_and_lowers_its_own_objective(calibrated):
-    fisher = fit_spiking(calibrated, FitSettings("mgpc", 4, 2, FAST, objective="fisher"), False)
-    plain = fit_spiking(calibrated, FitSettings("mgpc", 4, 2, FAST), False)
+    fisher = fit_spiking(calibrated, _fit(4, 2, objective="fisher"), False)
+    plain = fit_spiking(calibrated, _fit(4, 2), False)
     assert fisher.report["objective"] == "fisher" and plain.report["objective"] == "mse"
     weighted = [row["fisher_mse"] for row in fisher.report["sites"]]
     assert all(w >= 0 for w in weighted) and len(weighted) == len(calibrated.sites)
@@ -160,10 +166,10 @@ def test_unknown_objective_is_refused():
 
 
 def test_probs_bias_conversion_trains_only_the_probability_sites(calibrated):
-    fit = FitSettings("mgpc", 3, 1, FAST, probs_bias=64.0)
+    fit = _fit(3, 1, probs_bias=64.0)
     spiking = fit_spiking(calibrated, fit, False)
     assert spiking.report["probs_bias"] == 64.0
-    plain = fit_spiking(calibrated, FitSettings("mgpc", 3, 1, FAST), False)
+    plain = fit_spiking(calibrated, _fit(3, 1), False)
     for i, site in enumerate(calibrated.sites):
         same = torch.equal(spiking.table.select(i).threshold, plain.table.select(i).threshold)
         assert same == (site_kind(site) != "probs"), site
@@ -177,17 +183,13 @@ def _probs_rows_equal(a, b, sites) -> bool:
 def test_probs_bias_auto_keeps_the_kappa_of_lower_calibration_loss(calibrated):
     """auto trains both κ and keeps the table of the one whose coded model scores the lower
     NLL on calibration windows; the report says which, and why."""
-    auto = fit_spiking(calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias_auto=True), False)
+    auto = fit_spiking(calibrated, _fit(3, 1, probs_bias_auto=True), False)
     choice = auto.report["probs_bias_choice"]
     losses = {float(k): v for k, v in choice["loss"].items()}
     assert set(losses) == {0.0, PROBS_BIAS}
     assert choice["chosen"] == min(losses, key=losses.get) == auto.report["probs_bias"]
-    fixed = fit_spiking(
-        calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias=choice["chosen"]), False
-    )
-    other = fit_spiking(
-        calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias=PROBS_BIAS - choice["chosen"]), False
-    )
+    fixed = fit_spiking(calibrated, _fit(3, 1, probs_bias=choice["chosen"]), False)
+    other = fit_spiking(calibrated, _fit(3, 1, probs_bias=PROBS_BIAS - choice["chosen"]), False)
     assert _probs_rows_equal(auto, fixed, calibrated.sites)
     assert not _probs_rows_equal(auto, other, calibrated.sites)
 
@@ -205,7 +207,7 @@ def test_probs_bias_auto_follows_the_measured_loss(calibrated, monkeypatch, favo
         return replace(scored, nll=scored.nll * (0.5 if kappa == favoured else 2.0))
 
     monkeypatch.setattr(convert, "perplexity", rigged)
-    auto = fit_spiking(calibrated, FitSettings("mgpc", 3, 1, FAST, probs_bias_auto=True), False)
+    auto = fit_spiking(calibrated, _fit(3, 1, probs_bias_auto=True), False)
     assert measured == [0.0, PROBS_BIAS]
     assert auto.report["probs_bias"] == favoured
 

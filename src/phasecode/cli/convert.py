@@ -8,7 +8,7 @@ from pathlib import Path
 from phasecode.artifacts import SPIKING_MODEL_KIND
 from phasecode.cli import options
 from phasecode.outputs import check_artifact_dir, exclusive_output
-from phasecode.settings import BUDGET_MODES, RECONSTRUCTIONS, EnergyBudget
+from phasecode.settings import BUDGET_MODES, NEURON_RANGES, RECONSTRUCTIONS, EnergyBudget
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -27,6 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=RECONSTRUCTIONS[0],
         help="block: after training, tune each decoder layer's neurons together on the "
         "layer's output against the prepared ANN's (conversion/reconstruct.py)",
+    )
+    parser.add_argument(
+        "--neuron-range",
+        choices=NEURON_RANGES,
+        default=NEURON_RANGES[0],
+        help="how far each trained neuron reaches: fitted keeps the range the squared-error "
+        "fit chose (Alg. 1), which clips rare large values; peak widens it to the largest "
+        "value its site showed in calibration; halfway by the square root of that; auto "
+        "(default) keeps whichever coded model has the lowest calibration loss",
     )
     parser.add_argument(
         "--energy-budget",

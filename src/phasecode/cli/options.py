@@ -212,6 +212,7 @@ CONFIG_DESTS = {
     "min_timesteps": "min_timesteps",
     "costs": "costs",
     "reconstruct": "reconstruct",
+    "neuron_range": "neuron_range",
 }
 PREFIX_DESTS = ("no_prefix", "prefix", "prefix_ids")
 

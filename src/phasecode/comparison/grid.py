@@ -52,10 +52,17 @@ class Cell:
 
     def fit(self, train: TrainConfig) -> FitSettings:
         """The neuron settings; validates the cell (unknown method, grains > T, ...). Every
-        cell codes with the paper's binary neuron, whatever `convert`'s default: the grid
-        reproduces the paper's comparison."""
+        cell codes with the paper's binary neuron at its fitted range, whatever `convert`'s
+        defaults: the grid reproduces the paper's comparison."""
         config = replace(train, mode=self.mode) if self.mode else train
-        return FitSettings(self.method, self.timesteps, self.grains, config, code="binary")
+        return FitSettings(
+            self.method,
+            self.timesteps,
+            self.grains,
+            config,
+            code="binary",
+            neuron_range="fitted",
+        )
 
     def series(self) -> str:
         """Row label without T: 'Ours (Grain=2)', 'Ours (Grain=2, joint)', 'LAS', ..."""

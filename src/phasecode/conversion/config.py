@@ -23,6 +23,7 @@ from phasecode.settings import (
     CODES,
     METHODS,
     MODES,
+    NEURON_RANGES,
     OBJECTIVES,
     RECONSTRUCTIONS,
     EnergyBudget,
@@ -52,8 +53,12 @@ class ConversionConfig:
     the predicted SNN/ANN total-energy ratio to convert under (``None``: no budget).
     ``reconstruct``: ``"block"`` tunes each decoder layer's neurons on the layer's output
     after Alg. 1/2 (``conversion/reconstruct.py``); ``"none"`` keeps the per-site fit.
-    ``code``: ``None`` is the method's own (``settings.default_code``: signed-digit for mgpc,
-    binary for the fixed-code baselines); the config always holds the resolved name.
+    ``neuron_range``: ``"peak"`` widens every trained neuron until it reaches the largest
+    value its site showed in calibration, ``"fitted"`` keeps the squared-error fit's range,
+    ``"halfway"`` widens by the square root of the shortfall, ``"auto"`` keeps whichever
+    codes the model best on calibration windows (``settings.RANGE_STRENGTHS``). ``code``:
+    ``None`` is the method's own (``settings.default_code``: signed-digit for mgpc, binary
+    for the fixed-code baselines); the config always holds the resolved name.
     """
 
     method: str = "mgpc"
@@ -80,6 +85,7 @@ class ConversionConfig:
     min_timesteps: int = EnergyBudget.min_timesteps
     costs: str = EnergyBudget.costs
     reconstruct: str = RECONSTRUCTIONS[0]
+    neuron_range: str = NEURON_RANGES[0]
 
     def __post_init__(self) -> None:
         if isinstance(self.prefix, Sequence) and not isinstance(self.prefix, str):
@@ -102,6 +108,7 @@ class ConversionConfig:
         _choice("mode", self.mode, MODES)
         _choice("budget_mode", self.budget_mode, BUDGET_MODES)
         _choice("reconstruct", self.reconstruct, RECONSTRUCTIONS)
+        _choice("neuron_range", self.neuron_range, NEURON_RANGES)
         if self.reconstruct != "none" and self.method != "mgpc":
             raise ConfigError("ConversionConfig.reconstruct tunes trained neurons: needs mgpc")
         if self.reconstruct != "none" and self.energy_budget is not None:
@@ -170,6 +177,7 @@ class ConversionConfig:
             self.objective,
             0.0 if auto else float(self.probs_bias),
             auto,
+            self.neuron_range,
         )
 
     def sampling_settings(self, calibration: Path | None = None) -> SamplingSettings:

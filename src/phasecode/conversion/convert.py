@@ -36,6 +36,7 @@ from phasecode.conversion.balance import ChannelPeaks, fold_up_scales
 from phasecode.conversion.handlers import Coder, Observer, Passthrough, SiteHandler
 from phasecode.conversion.sensitivity import SENSITIVITY_WINDOWS, Sensitivity, site_sensitivity
 from phasecode.conversion.surgery import SpikingSurgery
+from phasecode.errors import PhasecodeError
 from phasecode.inference.nll import perplexity
 from phasecode.inference.prefix import Prefix, build_prefix, run_after
 from phasecode.inference.prefix_cache import choose_prefix_cached
@@ -50,14 +51,21 @@ from phasecode.models.rotation import (
     rotate_model,
 )
 from phasecode.models.sites import LM_HEAD, site_kind, spiking_sites
-from phasecode.settings import PROBS_BIAS, FitSettings, SamplingSettings
+from phasecode.settings import PROBS_BIAS, RANGE_STRENGTHS, FitSettings, SamplingSettings
 from phasecode.training.alternating import SpikeBudget
-from phasecode.training.fit import FitResult, fit_codes, score_sites
+from phasecode.training.fit import (
+    FitResult,
+    fit_codes,
+    largest_output,
+    reach_peaks,
+    score_sites,
+)
 
 # windows per calibration forward: each site's reservoir costs ~2 ms per push whatever its
 # size, so fewer, larger pushes (16 windows: ~7 s less on SmolLM2's 301 sites)
 CALIBRATION_BATCH = 4
 PROBS_BIAS_WINDOWS = 4  # calibration windows --probs-bias auto scores each κ on
+RANGE_WINDOWS = 8  # windows of unsampled calibration text --neuron-range auto scores on
 BALANCE_WINDOWS = 4  # calibration windows used to measure the per-channel operand ranges
 PROFILE_POSITIONS = 64  # positions kept in the outlier picture
 
@@ -226,6 +234,8 @@ class Calibrated:
     prefix_choice: dict  # why the prefix is what it is (``PrefixChoice.report``)
     outliers_profile: dict  # ``outlier_profile``: the report's outlier picture
     windows: Tensor  # the calibration windows [n, L]
+    peaks: Tensor  # [S] the largest |x| each site showed in calibration
+    unseen: Tensor | None  # windows of the calibration text after ``windows`` (or None)
     _sensitivity: Sensitivity | None = None
 
     def sensitivity(self, progress: bool = True) -> Sensitivity:
@@ -264,8 +274,10 @@ def calibrate(
     check_weight_bits(weight_bits)
     start = time.perf_counter()
     texts = read_texts(sampling.calibration) if texts is None else texts
-    windows = token_batches(tokenizer, texts, sampling.sequences, sampling.seq_len, add_bos=False)
-    windows = windows.to(next(model.parameters()).device)
+    windows, unseen = calibration_windows(tokenizer, texts, sampling)
+    device = next(model.parameters()).device
+    windows = windows.to(device)
+    unseen = None if unseen is None else unseen.to(device)
     if prefix.mode == "auto":
         choice = choose_prefix_cached(model, tokenizer, windows, progress)
         prefix_tokens, prefix_report = choice.token_ids, choice.report()
@@ -314,7 +326,22 @@ def calibrate(
         prefix_report,
         outliers,
         windows,
+        observer.peaks(sites),
+        unseen,
     )
+
+
+def calibration_windows(
+    tokenizer, texts: list[str], sampling: SamplingSettings
+) -> tuple[Tensor, Tensor | None]:
+    """The calibration windows, and ``RANGE_WINDOWS`` more cut from the text after them,
+    which no sample or peak comes from (None where the text is too short for them)."""
+    n, length = sampling.sequences, sampling.seq_len
+    try:
+        cut = token_batches(tokenizer, texts, n + RANGE_WINDOWS, length, add_bos=False)
+    except PhasecodeError:
+        return token_batches(tokenizer, texts, n, length, add_bos=False), None
+    return cut[:n], cut[n:]
 
 
 @torch.no_grad()
@@ -396,17 +423,43 @@ def choose_probs_bias(
         PROBS_BIAS: FitResult(table, curve, plain.seconds + biased.seconds, plain.loss_phases),
     }
     windows = c.windows[:PROBS_BIAS_WINDOWS]
-    losses = {}
-    for value, candidate in candidates.items():
-        coder = Coder(candidate.table, c.sites)
-        with c.prepared.surgery(c.model, coder, c.spec.lm_head):
-            scored = perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False)
-        losses[value] = scored.mean_nll
+    losses = {
+        value: coded_loss(c, candidate.table, windows) for value, candidate in candidates.items()
+    }
     chosen = min(losses, key=losses.get)
     choice = {
         "chosen": chosen,
         "reason": f"lower mean NLL of the coded model on {len(windows)} calibration windows",
         "loss": {f"{value:g}": loss for value, loss in losses.items()},
+    }
+    return candidates[chosen], choice
+
+
+def coded_loss(c: Calibrated, table: CodeTable, windows: Tensor) -> float:
+    """Mean NLL of the prepared model with ``table``'s neurons on ``windows``."""
+    with c.prepared.surgery(c.model, Coder(table, c.sites), c.spec.lm_head):
+        return perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False).mean_nll
+
+
+def choose_range(c: Calibrated, fit: FitSettings, table: CodeTable) -> tuple[CodeTable, dict]:
+    """The neurons widened toward their sites' calibration peaks as ``fit.neuron_range``
+    says; "auto" tries each of ``RANGE_STRENGTHS`` and keeps the one whose coded model has
+    the lowest mean NLL on calibration text the peaks did not come from (on the calibration
+    windows themselves, which flatter the peak, only where the text is too short)."""
+    peaks = c.peaks.to(table.weight.device)
+    if fit.neuron_range != "auto":
+        strength = RANGE_STRENGTHS[fit.neuron_range]
+        return reach_peaks(table, peaks, strength), {"chosen": fit.neuron_range, "reason": "given"}
+    windows, where = c.unseen, "windows of calibration text after those sampled"
+    if windows is None:
+        windows, where = c.windows[:RANGE_WINDOWS], "of the sampled calibration windows"
+    candidates = {name: reach_peaks(table, peaks, s) for name, s in RANGE_STRENGTHS.items()}
+    losses = {name: coded_loss(c, candidate, windows) for name, candidate in candidates.items()}
+    chosen = min(losses, key=losses.get)
+    choice = {
+        "chosen": chosen,
+        "reason": f"lowest mean NLL of the coded model on {len(windows)} {where}",
+        "loss": losses,
     }
     return candidates[chosen], choice
 
@@ -479,8 +532,12 @@ def _train(
     bias_choice = None
     if fit.probs_bias_auto:
         result, bias_choice = choose_probs_bias(c, fit, result, train, steps, spike_costs, weight)
-    scores = score_sites(result.table, train, heldout, heldout_weight)
-    table = result.table.to(device="cpu")
+    table, range_choice = choose_range(c, fit, result.table)
+    scores = score_sites(table, train, heldout, heldout_weight) | {
+        "calibration_peak": c.peaks,  # the largest |x| the site showed
+        "saturation": largest_output(table).cpu(),  # the neuron's largest output
+    }
+    table = table.to(device="cpu")
     curve = result.loss_curve.cpu() if result.loss_curve is not None else None
     prefix = c.prepared.prefix
     report = {
@@ -495,6 +552,7 @@ def _train(
         "objective": fit.objective,
         "probs_bias": fit.probs_bias if bias_choice is None else bias_choice["chosen"],
         "probs_bias_choice": bias_choice,
+        "neuron_range_choice": range_choice,
         "prefix_choice": c.prefix_choice,
         "outliers_profile": c.outliers_profile,
         "prefix_seconds": prefix.seconds if prefix is not None else 0.0,

@@ -34,11 +34,13 @@ class Observer:
 
     Attention probabilities are sampled where they are non-zero: the causal mask's exact
     zeros (about half of all entries) are coded exactly by every neuron, and left in they
-    would halve the weight training gives to the probabilities that matter.
+    would halve the weight training gives to the probabilities that matter. Each site's
+    largest |x| is kept exactly (``peaks``): a sample rarely holds it.
     """
 
     def __init__(self, sites: list[str], samples: int, seed: int = 0):
         self.reservoirs = {name: Reservoir(samples, name, seed) for name in sites}
+        self.site_peaks: dict[str, Tensor] = {}  # per site: max |x|, on the model's device
         self.down_peaks: dict[str, Tensor] = {}  # per down site: max |x| per position
 
     def __call__(self, site: str, x: Tensor) -> Tensor:
@@ -47,6 +49,9 @@ class Observer:
             values = x.detach()
             kind = site_kind(site)
             reservoir.push(values, skip_zeros=kind == "probs")
+            peak = values.abs().amax()
+            old = self.site_peaks.get(site)
+            self.site_peaks[site] = peak if old is None else torch.maximum(old, peak)
             if kind == "down":  # the outlier picture after rotation and prefix
                 peak = values.abs().amax(-1).reshape(-1, values.shape[-2]).amax(0).float().cpu()
                 old = self.down_peaks.get(site)
@@ -55,6 +60,11 @@ class Observer:
 
     def samples(self) -> dict[str, Tensor]:
         return {name: r.values() for name, r in self.reservoirs.items()}
+
+    def peaks(self, sites: list[str]) -> Tensor:
+        """[S] float32 on the CPU: the largest |x| each of ``sites`` showed (0 if none)."""
+        zero = torch.zeros(())
+        return torch.stack([self.site_peaks.get(s, zero).float().cpu() for s in sites])
 
 
 class Coder:

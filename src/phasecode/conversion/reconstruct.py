@@ -201,7 +201,8 @@ def reconstruct_blocks(
     progress: bool = True,
 ) -> dict:
     """Tune every decoder layer's neurons in turn (module docstring); updates
-    ``spiking.table`` in place of the fitted one and returns per-layer losses and seconds."""
+    ``spiking.table`` in place of the fitted one and returns per-layer losses (before, after
+    tuning, and of the neurons kept) and seconds."""
     start = time.perf_counter()
     model, prefix = spiking.model, spiking.prefix
     adapter = adapter_for(model)
@@ -244,7 +245,14 @@ def reconstruct_blocks(
             tuned = neurons.frozen_table() if after < before else neurons.start
             for k, index in enumerate(indices):
                 tables[index] = tuned.select(k)
-            history.append({"layer": i, "loss_before": before, "loss_after": after})
+            history.append(
+                {
+                    "layer": i,
+                    "loss_before": before,
+                    "loss_tuned": after,
+                    "loss_after": min(after, before),
+                }
+            )
             spiking.table = concat_tables(tables)
             spiking._coders.clear()
             with torch.no_grad(), spiking.coded():

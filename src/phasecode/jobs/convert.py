@@ -10,6 +10,7 @@ from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.models.placement import CPU, Placement
 from phasecode.models.sites import site_kind
+from phasecode.reporting.report import describe_range
 
 
 def convert_job(
@@ -63,6 +64,7 @@ def format_conversion(report: dict) -> str:
         f"weight_bits={spec.get('weight_bits') or 'full'}",
         f"prefix: {choice.get('reason', '?')}"
         + (" (an earlier measurement, from the cache)" if choice.get("source") == "cache" else ""),
+        f"neuron range: {describe_range(report.get('neuron_range_choice'))}",
         f"{'site':<10}{'n':>4}{'held-out MSE':>15}{'÷ Lloyd-Max':>13}",
     ]
     for kind, rows in groups.items():

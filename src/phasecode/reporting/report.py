@@ -87,6 +87,16 @@ def _allocation_summary(allocation: list[list[int]] | None) -> str:
     return ", ".join(f"{tuple(a)} × {n}" for a, n in counts.most_common())
 
 
+def describe_range(choice: dict | None) -> str:
+    """How far the neurons reach (``neuron_range_choice``; older artifacts: fitted)."""
+    if not choice:
+        return "fitted (Alg. 1's own range)"
+    if "loss" not in choice:
+        return f"{choice['chosen']} (given)"
+    losses = ", ".join(f"{name}: {loss:.4f}" for name, loss in choice["loss"].items())
+    return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses})"
+
+
 def _ppl_rows(report: dict, evaluation: dict | None) -> list[tuple[str, str]]:
     """PPL lines from the conversion report (if the lead stores one) or an `eval --json`."""
     rows = []
@@ -158,6 +168,7 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
         )
     rows.append(("weights", f"{spec['weight_bits']}-bit" if spec.get("weight_bits") else "full"))
     rows.append(("neuron", spec.get("code", "binary")))
+    rows.append(("neuron range", describe_range(report.get("neuron_range_choice"))))
     objective = report.get("objective", "mse")
     if report.get("probs_bias"):
         objective += f", κ = {report['probs_bias']:g} on the probabilities' mean error"

@@ -115,6 +115,22 @@ def _fit_group(
     return build(fit_tau(settings.method, train, t, build), t), None, [], []
 
 
+def largest_output(table: CodeTable) -> Tensor:
+    """[S] each neuron's output for an input far beyond its range: where it saturates."""
+    beyond = 2 * (table.reset.abs().sum(1) + table.threshold.abs().amax(1)) + 1
+    return value(beyond[:, None], table)[:, 0]
+
+
+def reach_peaks(table: CodeTable, peaks: Tensor, strength: float = 1.0) -> CodeTable:
+    """``table`` with every neuron that saturates below its site's ``peaks`` [S] widened by
+    (peak / saturation)^``strength``: 1 reaches the peak, 0 keeps the neuron. θ, h and d
+    scale together, under which the code is exact (SN_{f·table}(x) = f·SN_table(x/f)): the
+    fitted shape of the levels stays, only the point where the neuron saturates moves."""
+    top = largest_output(table)
+    shortfall = (peaks.to(top) / top.clamp_min(torch.finfo(top.dtype).tiny)).clamp_min(1.0)
+    return table.scaled(shortfall.pow(strength))
+
+
 def score_sites(
     table: CodeTable, train: Tensor, heldout: Tensor, heldout_weight: Tensor | None = None
 ) -> dict[str, Tensor]:
