@@ -7,18 +7,20 @@ neurons cost (a diagnostic), at several T.
     python benchmarks/reconstruct.py --qwen2 PATH.gguf --windows 8 --timesteps 8 6
     python benchmarks/reconstruct.py --no-reconstruct    # skip the (slow) reconstruction
     python benchmarks/reconstruct.py --neuron-range peak fitted --no-diagnostic
+    python benchmarks/reconstruct.py --text wikitext2-valid    # held-out text (see below)
     python benchmarks/reconstruct.py --table    # only rewrite the docs table
 
 One process per model: the model is converted once per code, range and T (other settings
-default),
-scored on WikiText-2 test windows of 512 tokens (the prefixed ANN — rotations and the chosen
-prefix, the model the neurons approximate — and the SNN fast path), scored again with the
-probability sites passed through (their exact softmax output goes into P·V: the most any
-coding of the probabilities could give back), then its neurons are tuned by
-``reconstruct_blocks`` on the conversion's own calibration windows and the SNN is scored
-again. Writes benchmarks/results/reconstruct.json (rows are merged per model, code, range, T
-and windows: a new row replaces the old one whole; rows from before the range option were
-measured at the fitted range) and docs/results-reconstruct.md. Run it
+default), scored on windows of 512 tokens of ``--text`` (WikiText-2 test by default;
+``wikitext2-valid`` is held out: no conversion calibrates on it and no setting was chosen on
+it) as the prefixed ANN (rotations and the chosen prefix, the model the neurons approximate)
+and as the SNN fast path, scored again with the probability sites passed through (their exact
+softmax output goes into P·V: the most any coding of the probabilities could give back), then
+its neurons are tuned by ``reconstruct_blocks`` on the conversion's own calibration windows
+and the SNN is scored again. Writes benchmarks/results/reconstruct.json (rows are merged per
+model, code, range, T, text and windows: a new row replaces the old one whole; rows from
+before the range option were measured at the fitted range, rows without a text on WikiText-2
+test) and docs/results-reconstruct.md. Run it
 alone: the seconds are wall times on this machine.
 """
 
@@ -46,6 +48,7 @@ def measure(
     windows: int,
     reconstruct: bool,
     diagnostic: bool,
+    text: str,
 ) -> list[dict]:
     import phasecode as pc
     from phasecode.api.model import calibration_texts
@@ -62,7 +65,7 @@ def measure(
         snn = pc.convert(model, tokenizer, config, progress=False)
         convert_seconds = time.perf_counter() - start
         spiking = snn.spiking
-        ids = token_windows(tokenizer, load_corpus("wikitext2"), 512, windows)
+        ids = token_windows(tokenizer, load_corpus(text), 512, windows)
 
         ann, ann_seconds = score(spiking, ids, Passthrough())
         fitted, snn_seconds = score(spiking, ids)
@@ -72,6 +75,7 @@ def measure(
             "neuron_range": neuron_range,
             "range_chosen": spiking.report["neuron_range_choice"]["chosen"],
             "timesteps": steps,
+            "text": text,
             "windows": windows,
             "prefixed_ann_ppl": ann,
             "snn_ppl": fitted,
@@ -139,8 +143,10 @@ def table(rows: list[dict]) -> str:
         "# Results: what each piece of the conversion costs (issue 25)",
         "",
         "Regenerate with `python benchmarks/reconstruct.py` (and `--qwen2 PATH.gguf`; `--table` "
-        "rewrites this page from `benchmarks/results/reconstruct.json`). WikiText-2 test, "
-        "windows of 512 tokens; ratios are against the **prefixed ANN** (rotations and the "
+        "rewrites this page from `benchmarks/results/reconstruct.json`). Windows of 512 tokens "
+        "of WikiText-2 test (*text* `wikitext2`) or of its validation split (`wikitext2-valid`: "
+        "held out, no conversion calibrates on it and no setting was chosen on it); ratios "
+        "are against the **prefixed ANN** (rotations and the "
         "chosen prefix: the model the neurons approximate). *fitted*: the conversion with that "
         "code (Alg. 1/2, each site's neuron fitted to its own samples; every other setting "
         "default); *range*: `peak` widens each trained neuron until it reaches the largest "
@@ -154,19 +160,20 @@ def table(rows: list[dict]) -> str:
         "output, `--reconstruct block`). Seconds are wall times on this 2-core CPU, with the "
         "prefixed ANN's evaluation time beside them.",
         "",
-        "| model | code | range | T | windows | prefixed ANN | SNN | ×SNN | ×probs exact | "
+        "| model | code | range | T | text | windows | prefixed ANN | SNN | ×SNN | ×probs exact | "
         "×reconstructed | layers improved | convert (s) | reconstruct (s) | ANN eval (s) | "
         "SNN eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
-        rows, key=lambda r: (r["model"], r["code"], _range(r), -r["timesteps"], r["windows"])
+        rows,
+        key=lambda r: (r["model"], r["code"], _range(r), -r["timesteps"], _text(r), r["windows"]),
     )
     for r in order:
         improved = f"{r['layers_improved']}/{r['layers']}" if "layers" in r else "–"
         lines.append(
             f"| {r['model']} | {r['code']} | {_range_cell(r)} | {r['timesteps']} | "
-            f"{r['windows']} | "
+            f"{_text(r)} | {r['windows']} | "
             f"{r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | ×{r['ratio']:.4f} | "
             f"{_cell(r, 'ratio_exact_probs', '.4f', '×')} | "
             f"{_cell(r, 'ratio_reconstructed', '.4f', '×')} | "
@@ -181,6 +188,11 @@ def _range(row: dict) -> str:
     return row.get("neuron_range", "fitted")
 
 
+def _text(row: dict) -> str:
+    """The row's evaluation text: rows from before the option were on WikiText-2 test."""
+    return row.get("text", "wikitext2")
+
+
 def _range_cell(row: dict) -> str:
     """The range asked for, and what ``auto`` chose."""
     asked = _range(row)
@@ -188,7 +200,7 @@ def _range_cell(row: dict) -> str:
 
 
 def _key(row: dict) -> tuple:
-    return row["model"], row["code"], _range(row), row["timesteps"], row["windows"]
+    return row["model"], row["code"], _range(row), row["timesteps"], _text(row), row["windows"]
 
 
 def main() -> None:
@@ -206,6 +218,9 @@ def main() -> None:
     parser.add_argument(
         "--no-reconstruct", action="store_true", help="skip the block-wise reconstruction"
     )
+    parser.add_argument(
+        "--text", default="wikitext2", help="wikitext2 (test), wikitext2-valid (held out), c4"
+    )
     parser.add_argument("--table", action="store_true", help="only rewrite the docs table")
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
@@ -221,6 +236,7 @@ def main() -> None:
             args.windows,
             not args.no_reconstruct,
             not args.no_diagnostic,
+            args.text,
         )
         done = {_key(r) for r in new}
         rows = [r for r in rows if _key(r) not in done] + new

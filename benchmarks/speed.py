@@ -314,11 +314,23 @@ PROFILE = """## Where the time went (torch.profiler, 4 windows × 512, one threa
   instead of 2, and a warm process still traced every kernel (torch's compile_times: bytecode
   tracing 4.6 s, of it 2.8 s fake-tensor propagation; loading the cached code 1.5 s): 8.7 s of
   first-call overhead. Now each kernel is compiled once per call signature by
-  `aot_compile` and saved whole (`compile_cache.Precompiled`); a later process loads it
+  `aot_compile` and saved whole (`cache.kernels.Precompiled`); a later process loads it
   (~20 ms a kernel, ~1 s for the first) and traces nothing: the figure below. A new signature
   (a new shape class, e.g. a batch of one) still compiles once per machine: the first lm-eval
   run after this change compiled some inside its timed run (1.39×, against the warm figure
   below).
+- Threads (issue 25): inductor writes a CPU kernel for the intra-op thread count it compiles
+  under (no OpenMP at all under one thread) and keys its own cache on it; the saved kernels
+  were not, so a kernel compiled by a one-thread process (a profile, a job under
+  OMP_NUM_THREADS=1) was what every later process loaded. They are keyed by it now. Loading
+  one-thread kernels into a two-thread process measured 1.21× against 1.29-1.39× with
+  two-thread ones (8 windows, ANN 8.4-9.3 s, each run alone): within this machine's noise, so
+  the idle figure of 1.84× in issue 25 is not explained by it.
+- Where the time goes now (torch.profiler, 8 windows, two threads, idle): self CPU 11.5 s for
+  the fast path against the ANN's 8.9 s. The GEMMs cost the same in both (7.0 s against 6.8 s:
+  the online rotation's 48-wide block and the head rotation add under 2 %); the blocked
+  attention's `bmm`s take 0.6 s where the ANN's SDPA takes 1.1 s; the rest of the gap is the
+  compiled neuron and attention kernels, 2.8 s: the T-step loops over every coded element.
 """
 
 
@@ -349,7 +361,7 @@ def render(results: dict) -> str:
             "one against "
             f"a steady {warm['steady_batch_s']:.1f} s: **"
             f"{warm['first_batch_s'] - warm['steady_batch_s']:.1f} s** of first-call overhead "
-            "(the saved kernels are loaded, not traced: `compile_cache.Precompiled`).",
+            "(the saved kernels are loaded, not traced: `cache.kernels.Precompiled`).",
         ]
     if "run" in results and "warm" in results["run"]:
         lines += ["", "## `make run` (convert + evaluate 8 windows)", ""]

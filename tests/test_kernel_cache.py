@@ -72,6 +72,28 @@ def test_a_torn_kernel_file_is_compiled_again(monkeypatch, tmp_path):
     assert path.stat().st_size > len(b"half a kernel")
 
 
+def test_a_cpu_kernel_is_kept_per_thread_count(monkeypatch, tmp_path):
+    """Inductor writes a CPU kernel for the thread count it compiled under: a kernel compiled
+    by a one-thread process must not be what a two-thread process loads."""
+    monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
+    kernel = kernels.Precompiled(_affine, dynamic=True)
+    args = (torch.randn(4, 3), torch.tensor(2.0), 2)
+    key = kernels.signature(args, True)
+    threads = torch.get_num_threads()
+    try:
+        paths = set()
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            paths.add(kernel.path(key, args))
+            assert torch.equal(kernel(*args), _affine(*args))
+        assert len(paths) == 2
+        assert sorted(p.name for p in (tmp_path / "torch-compile" / "aot").glob("*.bin")) == sorted(
+            p.name for p in paths
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_refused_call_falls_back_to_torch_compile(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASECODE_CACHE", str(tmp_path))
     kernel = kernels.Precompiled(_affine, dynamic=True)

@@ -7,7 +7,7 @@ import torch
 
 from phasecode.calibration.text import data_dir, read_texts
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import C4, WIKITEXT2, load_corpus, token_windows
+from phasecode.evaluation.perplexity import C4, CORPORA, WIKITEXT2, load_corpus, token_windows
 from phasecode.inference.nll import check_seq_len, perplexity
 
 # ---------------------------------------------------------------- corpora
@@ -23,6 +23,15 @@ def test_wikitext2_is_the_gptq_join_of_hf_rows():
     assert text.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is an English")
     assert len(text) == sum(map(len, rows)) + 2 * (len(rows) - 1)
     assert text == "\n\n".join(rows)
+
+
+def test_wikitext2_valid_is_the_validation_split_joined_the_same_way():
+    lines = (data_dir() / CORPORA["wikitext2-valid"]).read_text(encoding="utf-8")
+    rows = ["" if line == " \n" else line for line in lines.splitlines(keepends=True)]
+    assert len(rows) == 3760
+    text = load_corpus("wikitext2-valid")
+    assert text == "\n\n".join(rows)
+    assert text[:2000] not in load_corpus("wikitext2")  # held out from the test split
 
 
 def test_c4_joins_the_sample_documents():

@@ -24,7 +24,7 @@ from phasecode.evaluation.tasks import METRICS, check_tasks
 from phasecode.inference.nll import EVAL_BATCH_SIZE, check_seq_len
 from phasecode.inference.nll import perplexity as score_windows
 
-# what a text argument may be: a corpus name (wikitext2, c4), a file, or documents
+# what a text argument may be: a corpus name (wikitext2, wikitext2-valid, c4), a file, or documents
 Texts = str | Path | Sequence[str]
 
 

@@ -5,7 +5,10 @@ compiled with dynamic shapes, so new batch and sequence sizes reuse its graph, a
 per call signature (``Precompiled``), so a second process neither traces nor generates code;
 inductor's own caches live under phasecode's cache directory too. A saved kernel is keyed by
 the provenance record (``provenance``: phasecode's source, torch, Python, the device and its
-capability), so a kernel compiled on another node of a shared $HOME is never loaded here.
+capability), so a kernel compiled on another node of a shared $HOME is never loaded here, and
+on the CPU by torch's intra-op thread count: inductor writes a CPU kernel for the threads it
+was compiled under (no OpenMP at all under one), so a kernel compiled by a one-thread process
+would run serially in every later process.
 """
 
 from __future__ import annotations
@@ -97,10 +100,11 @@ class Precompiled:
         self._jit: Callable | None = None
 
     def __call__(self, *args):
-        key = signature(args, self.dynamic is True)
+        call = signature(args, self.dynamic is True)
+        key = (call, torch.get_num_threads())  # the thread count: see the module's docstring
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._kernels[key] = self._load_or_compile(key, args)
+            kernel = self._kernels[key] = self._load_or_compile(call, args)
         try:
             return kernel(*unmarked(args))
         except RuntimeError as error:  # guards run before any work: nothing was done twice
@@ -112,6 +116,8 @@ class Precompiled:
     def path(self, key: tuple, args: tuple) -> Path:
         device = next((a.device for a in _tensors(args)), None)
         record = provenance(device)
+        if device is None or device.type == "cpu":  # see the module's docstring
+            record["threads"] = torch.get_num_threads()
         digest = hashlib.sha256(f"{key!r}|{sorted(record.items())!r}".encode())
         return compile_dir() / "aot" / f"{self.name}-{digest.hexdigest()[:24]}.bin"
 

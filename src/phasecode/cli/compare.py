@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-batch-size", type=int, default=16, help="task requests per forward pass"
     )
     parser.add_argument("--limit", type=int, default=8, help="perplexity windows (the first N)")
-    parser.add_argument("--corpus", default="wikitext2", help="wikitext2, c4 or a text file")
+    parser.add_argument(
+        "--corpus", default="wikitext2", help="wikitext2, wikitext2-valid, c4 or a text file"
+    )
     parser.add_argument("--seq-len", type=int, default=512, help="perplexity window length")
     parser.add_argument(
         "--batch-size", type=int, default=EVAL_BATCH_SIZE, help="windows per forward pass"

@@ -18,7 +18,11 @@ HELP = "perplexity and zero-shot accuracy of the ANN and the spiking model"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path)
     options.add_base_model(parser)
-    parser.add_argument("--ppl", default="wikitext2", help='comma list: wikitext2,c4 ("" for none)')
+    parser.add_argument(
+        "--ppl",
+        default="wikitext2",
+        help='comma list of wikitext2, wikitext2-valid, c4 ("" for none)',
+    )
     parser.add_argument("--text", type=Path, action="append", default=[], help="a text file")
     parser.add_argument(
         "--tasks",

@@ -17,21 +17,31 @@ from phasecode.errors import PhasecodeError
 
 WIKITEXT2 = Path("wikitext2") / "wiki.test.raw"
 C4 = Path("c4") / "c4_validation_sample.jsonl"
+# the named corpora under the data directory; "wikitext2-valid" is text no conversion
+# calibrates on (that is the C4 sample) and no benchmark tuned a setting on (that is the test
+# split): a held-out check of whatever was chosen on the others
+CORPORA = {
+    "wikitext2": WIKITEXT2,
+    "wikitext2-valid": Path("wikitext2") / "wiki.valid.raw",
+    "c4": C4,
+}
 _ROW_SEPARATOR = "\n\n"
 
 
 def load_corpus(name_or_path: str) -> str:
-    """The evaluation text: "wikitext2", "c4", or a .jsonl / plain text file.
+    """The evaluation text: one of ``CORPORA``, or a .jsonl / plain text file.
 
-    "wikitext2" is the WikiText-2 raw test split exactly as GPTQ builds it. "c4" joins the
-    documents of the staged C4 validation sample; that is C4-like text but not GPTQ's C4
-    protocol, which needs the first documents of validation shard 0 (see SOURCES.md).
+    "wikitext2" is the WikiText-2 raw test split exactly as GPTQ builds it, "wikitext2-valid"
+    its validation split built the same way. "c4" joins the documents of the staged C4
+    validation sample; that is C4-like text but not GPTQ's C4 protocol, which needs the first
+    documents of validation shard 0 (see SOURCES.md).
     """
-    if name_or_path == "wikitext2":
-        text = _ROW_SEPARATOR.join(wikitext_rows(_existing(data_dir() / WIKITEXT2)))
+    if name_or_path in CORPORA:
+        path = _existing(data_dir() / CORPORA[name_or_path])
+        rows = wikitext_rows(path) if path.suffix == ".raw" else read_texts(path)
     else:
-        path = data_dir() / C4 if name_or_path == "c4" else Path(name_or_path).expanduser()
-        text = _ROW_SEPARATOR.join(read_texts(_existing(path)))
+        rows = read_texts(_existing(Path(name_or_path).expanduser()))
+    text = _ROW_SEPARATOR.join(rows)
     if not text.strip():
         raise PhasecodeError(f"corpus {name_or_path!r} has no text")
     return text

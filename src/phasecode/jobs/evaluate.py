@@ -14,14 +14,12 @@ from phasecode.artifacts import artifact_id
 from phasecode.conversion.convert import SpikingModel
 from phasecode.conversion.store import load_base_model, load_spiking, read_spiking_metadata
 from phasecode.errors import PhasecodeError
-from phasecode.evaluation.perplexity import load_corpus, token_windows
+from phasecode.evaluation.perplexity import CORPORA, load_corpus, token_windows
 from phasecode.evaluation.tasks import check_tasks, score_tasks
 from phasecode.inference.nll import EVAL_BATCH_SIZE, WindowNLL, check_seq_len, perplexity
 from phasecode.inference.prefix import Prefix
 from phasecode.inference.score_cache import PLAIN, perplexity_cached
 from phasecode.models.placement import CPU, Placement
-
-CORPORA = ("wikitext2", "c4")
 
 
 def evaluate_job(
