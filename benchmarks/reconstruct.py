@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from phasecode.settings import CODES, NEURON_RANGES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct.json"
 DOC = ROOT / "docs" / "results-reconstruct.md"
@@ -49,15 +51,16 @@ def measure(
     reconstruct: bool,
     diagnostic: bool,
     text: str,
+    corpus: str,
 ) -> list[dict]:
     import phasecode as pc
     from phasecode.api.model import calibration_texts
     from phasecode.calibration.text import token_batches
     from phasecode.conversion.handlers import Passthrough
     from phasecode.conversion.reconstruct import ReconstructSettings, reconstruct_blocks
-    from phasecode.evaluation.perplexity import load_corpus, token_windows
+    from phasecode.evaluation.perplexity import token_windows
 
-    rows = []
+    rows, ids = [], None
     for code, neuron_range, steps in itertools.product(codes, ranges, timesteps):
         model, tokenizer = pc.load_model(model_name) if model_name else pc.load_model()
         config = pc.ConversionConfig(timesteps=steps, code=code, neuron_range=neuron_range)
@@ -65,7 +68,8 @@ def measure(
         snn = pc.convert(model, tokenizer, config, progress=False)
         convert_seconds = time.perf_counter() - start
         spiking = snn.spiking
-        ids = token_windows(tokenizer, load_corpus(text), 512, windows)
+        if ids is None:  # one tokenizer per process: the same windows for every row
+            ids = token_windows(tokenizer, corpus, 512, windows)
 
         ann, ann_seconds = score(spiking, ids, Passthrough())
         fitted, snn_seconds = score(spiking, ids)
@@ -203,15 +207,24 @@ def _key(row: dict) -> tuple:
     return row["model"], row["code"], _range(row), row["timesteps"], _text(row), row["windows"]
 
 
+def read_text(parser: argparse.ArgumentParser, text: str) -> str:
+    """The ``--text`` corpus, or the parser's one-line error."""
+    from phasecode.errors import PhasecodeError
+    from phasecode.evaluation.perplexity import load_corpus
+
+    try:
+        return load_corpus(text)
+    except PhasecodeError as error:
+        parser.error(str(error))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qwen2", type=Path, help="the Qwen2.5-Coder-0.5B GGUF (fetch-qwen2.sh)")
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[8, 6, 4])
-    parser.add_argument("--code", nargs="+", default=["binary", "signed-digit"])
-    parser.add_argument(
-        "--neuron-range", nargs="+", default=["auto"], choices=["auto", "fitted", "halfway", "peak"]
-    )
+    parser.add_argument("--code", nargs="+", default=list(CODES), choices=CODES)
+    parser.add_argument("--neuron-range", nargs="+", default=["auto"], choices=NEURON_RANGES)
     parser.add_argument(
         "--no-diagnostic", action="store_true", help="skip the probabilities-exact diagnostic"
     )
@@ -225,6 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     if not args.table:
+        corpus = read_text(parser, args.text)  # a bad name fails before any model loads
         label = "Qwen2.5-Coder-0.5B" if args.qwen2 else "SmolLM2-135M"
         name = str(args.qwen2) if args.qwen2 else None
         new = measure(
@@ -237,6 +251,7 @@ def main() -> None:
             not args.no_reconstruct,
             not args.no_diagnostic,
             args.text,
+            corpus,
         )
         done = {_key(r) for r in new}
         rows = [r for r in rows if _key(r) not in done] + new

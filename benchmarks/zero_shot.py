@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from phasecode.settings import CODES, NEURON_RANGES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "zero_shot.json"
 DOC = ROOT / "docs" / "results-zero-shot.md"
@@ -113,19 +115,27 @@ def describe(row: dict) -> str:
     return wanted if chosen == wanted else f"{wanted} → {chosen}"
 
 
+def item_count(value: str) -> int | None:
+    """``--items``: a positive count, or "all" (None: every item)."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive count or all, got {value!r}")
+    return int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", default="300", help="items per task, or all")
+    parser.add_argument("--items", type=item_count, default=300, help="items per task, or all")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--code", nargs="+", default=["signed-digit"])
-    parser.add_argument("--neuron-range", nargs="+", default=["auto"])
+    parser.add_argument("--code", nargs="+", default=["signed-digit"], choices=CODES)
+    parser.add_argument("--neuron-range", nargs="+", default=["auto"], choices=NEURON_RANGES)
     parser.add_argument("--table", action="store_true", help="only rewrite the docs table")
     args = parser.parse_args()
-    items = None if args.items == "all" else int(args.items)
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     if not args.table:
         new = [
-            measure(code, neuron_range, items, args.tasks)
+            measure(code, neuron_range, args.items, args.tasks)
             for code in args.code
             for neuron_range in args.neuron_range
         ]
