@@ -13,6 +13,7 @@ from phasecode.conversion.convert import fit_spiking
 from phasecode.settings import EnergyBudget, FitSettings, TrainConfig
 from phasecode.simulation.budget import (
     SiteOptions,
+    _site_energy,
     budget_plan,
     budget_strategy,
     choose_steps,
@@ -22,7 +23,7 @@ from phasecode.simulation.counting import Counter
 from phasecode.simulation.energy import PRESETS, energy
 from phasecode.simulation.estimate import SiteEnergy, site_energy
 from phasecode.simulation.network import SpikingSimulator
-from phasecode.training.alternating import PRICE_STEP, SpikeBudget
+from phasecode.training.alternating import PRICE_STEP, SpikeBudget, init_neurons, site_scale
 from phasecode.training.fit import fit_codes, score_sites
 
 FAST = TrainConfig(rounds=2, search_steps=2, search_samples=64)
@@ -183,8 +184,39 @@ def test_spike_budget_above_the_spend_leaves_the_price_falling():
     assert result.prices[-2] == pytest.approx(result.prices[0] * math.exp(-PRICE_STEP * 10))
 
 
+def test_a_budget_training_cannot_reach_takes_each_sites_sparsest_point():
+    # μ·λ·spikes at the prices the choice tries overflows float32: the choice must still be
+    # the sparsest points, never the start (the first round, which an all-inf argmin gives)
+    train = _synthetic_sites().float()  # a model's samples: float32
+    fit = FitSettings("mgpc", 6, 1, TrainConfig(rounds=20), code="signed-digit")
+    scale = site_scale(train)
+    neurons = init_neurons((train / scale[:, None]).abs(), [(6,)] * 4, False, signed=True)
+    start = score_sites(neurons.frozen_table().scaled(scale), train, train)
+    energy = torch.tensor([1.0, 4.0, 2.0, 8.0], dtype=torch.float64)
+    unit = 1e6 * energy * train.abs().amax(1) ** 2
+    budget = SpikeBudget(energy, 1e-9)  # no neuron is this quiet after 20 rounds
+    result = fit_codes(train, fit, False, spike_cost=unit, spike_budget=budget)
+    chosen = score_sites(result.table, train, train)
+    assert budget.spent(chosen["spikes"]) < 0.9 * budget.spent(start["spikes"])
+    assert result.prices[-1] == max(result.prices[:-1])  # the highest price the ascent tried
+
+
+def test_price_mode_warns_and_says_so_when_training_misses_the_budget(calibrated):
+    fit = FitSettings("mgpc", 6, 2, FAST, code="signed-digit")
+    probe = EnergyBudget(100.0, context=LENGTH)
+    energy = _site_energy(calibrated, probe)
+    steps = torch.full((len(calibrated.sites),), 6)
+    spike_free = energy.ratio(torch.zeros(len(calibrated.sites), dtype=torch.float64), steps)
+    budget = EnergyBudget(spike_free * 1.001, context=LENGTH)  # nearly every spike must go
+    with pytest.warns(UserWarning, match="was missed: the trained neurons predict"):
+        spiking = fit_spiking(calibrated, fit, False, budget_strategy(budget))
+    record = spiking.report["energy_budget"]
+    assert record["reachable"] and not record["met"]
+    assert record["predicted_ratio"] > budget.ratio * 1.01
+
+
 def test_price_mode_keeps_T_and_meets_the_budget(calibrated):
-    train = TrainConfig(rounds=15, search_steps=2, search_samples=64)  # rounds for μ to climb
+    train = TrainConfig(rounds=25, search_steps=2, search_samples=64)  # rounds for μ to climb
     fit = FitSettings("mgpc", 6, 2, train, code="signed-digit")
     plain = fit_spiking(
         calibrated, fit, False, budget_strategy(EnergyBudget(100.0, context=LENGTH))
@@ -197,6 +229,6 @@ def test_price_mode_keeps_T_and_meets_the_budget(calibrated):
     assert (spiking.table.steps == 6).all() and record["steps_histogram"] == {
         "6": len(spiking.sites)
     }
-    assert record["mode"] == "price" and record["reachable"]
+    assert record["mode"] == "price" and record["reachable"] and record["met"]
     assert record["predicted_ratio"] <= ratio * 1.05
     assert record["price_per_pj"] > plain.report["energy_budget"]["price_per_pj"]

@@ -76,7 +76,8 @@ def format_conversion(report: dict) -> str:
         steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
         lines.append(
             f"energy budget {budget['ratio']} ({budget.get('mode', 'knapsack')}): predicted "
-            f"total ratio {budget['predicted_ratio']:.3f}; sites by T: {steps}"
+            f"total ratio {budget['predicted_ratio']:.3f}"
+            f"{'' if budget.get('met', True) else ' (MISSED)'}; sites by T: {steps}"
         )
     seconds = report["seconds"]
     planned = f", budget {seconds['budget']:.1f} s" if "budget" in seconds else ""

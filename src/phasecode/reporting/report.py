@@ -184,8 +184,8 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
             (
                 "energy budget",
                 f"{budget['ratio']} by {budget.get('mode', 'knapsack')} (predicted "
-                f"{budget['predicted_ratio']:.3f} on "
-                f"{budget['context']} tokens); sites by T: {steps}",
+                f"{budget['predicted_ratio']:.3f} on {budget['context']} tokens"
+                f"{'' if budget.get('met', True) else ', missed'}); sites by T: {steps}",
             )
         )
     mean_ratio = report.get("mean_ratio", metadata.get("mean_ratio"))

@@ -38,6 +38,7 @@ from phasecode.training.lagrangian import lowest_price
 from phasecode.training.objective import site_error
 
 OPTION_SAMPLES = 2048  # held-out samples per site used to score the options
+MISS_TOLERANCE = 0.01  # a prediction this far (relative) over the budget still meets it
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,20 @@ class BudgetPlan:
     def report(self, trained_spikes: Tensor) -> dict:
         """The report's record: the budget, the choice and the trained model's prediction."""
         steps = self.steps
+        predicted = self.energy.ratio(trained_spikes, steps)
         return {
             **asdict(self.budget),
             "reachable": self.choice.reachable,
+            "met": self.choice.reachable
+            and _met(
+                self.budget,
+                predicted,
+                "trained neurons fired more than planned, twice: a lower --min-timesteps",
+            ),
             "passes": self.passes,
             "price_per_pj": self.choice.price,
             "predicted_ratio_untrained": self.choice.predicted_ratio,
-            "predicted_ratio": self.energy.ratio(trained_spikes, steps),
+            "predicted_ratio": predicted,
             "steps_histogram": {
                 str(t): int((steps == t).sum()) for t in sorted(set(steps.tolist()))
             },
@@ -238,15 +246,37 @@ def _fit_at_price(
     spiking = train(None, unit, spike_budget)
     trained = _trained_spikes(spiking)
     prices = spiking.report["spike_prices"]
+    predicted = energy.ratio(trained, steps)
     spiking.report["energy_budget"] = {
         **asdict(budget),
         "reachable": allowed > 0,
+        "met": allowed > 0
+        and _met(
+            budget,
+            predicted,
+            "training could not cut enough spikes in its rounds: more --rounds, a shorter "
+            "--timesteps, which leaves spikes more of the budget, or --budget-mode knapsack",
+        ),
         "price_per_pj": prices[-1] if prices else 0.0,
-        "predicted_ratio": energy.ratio(trained, steps),
+        "predicted_ratio": predicted,
         "steps_histogram": {str(fit.timesteps): len(c.sites)},
     }
     spiking.report["seconds"]["budget"] = seconds
     return spiking
+
+
+def _met(budget: EnergyBudget, predicted: float, why: str) -> bool:
+    """Whether the trained neurons' predicted energy meets ``budget`` (within
+    ``MISS_TOLERANCE``); a warning says so when it does not, so a missed budget never passes
+    for a met one."""
+    met = predicted <= budget.ratio * (1 + MISS_TOLERANCE)
+    if not met:
+        warnings.warn(
+            f"energy budget {budget.ratio} was missed: the trained neurons predict "
+            f"{predicted:.3f}; {why}",
+            stacklevel=3,
+        )
+    return met
 
 
 def _fit_by_knapsack(

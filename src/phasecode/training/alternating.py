@@ -109,16 +109,23 @@ class _Trajectory:
 
     def choose(self, price: _Price) -> None:
         """Restore each site's point at the lowest μ whose points meet the budget (the
-        sparsest points when none does) and leave that μ as the price."""
-        error, spikes = torch.stack(self.errors), torch.stack(self.spikes)  # [R, S]
+        sparsest points when none does) and leave that μ as the price (the highest μ the
+        dual ascent tried when none does)."""
+        # float64: μ·unit·spikes at the largest μ tried overflows float32, and an all-inf
+        # column's argmin is the first round, the costliest point
+        error = torch.stack(self.errors).double()  # [R, S]
+        spikes = torch.stack(self.spikes).double()
         unit = price.unit.to(error)[None]
 
         def pick(mu: float) -> tuple[Tensor, float]:
             index = (error + mu * unit * spikes).argmin(0)
             return index, price.budget.spent(spikes.gather(0, index[None])[0])
 
-        allowed = price.budget.allowed
-        high, index, _, _ = lowest_price(pick, allowed, max(price.history))
+        high, index, _, met = lowest_price(pick, price.budget.allowed, max(price.history))
+        if not met:
+            sparsest = spikes == spikes.min(0, keepdim=True).values
+            index = error.masked_fill(~sparsest, math.inf).argmin(0)
+            high = max(price.history)
         price.value = high
         price.history.append(high)
         sites = torch.arange(index.numel(), device=index.device)
