@@ -17,6 +17,7 @@ Writes benchmarks/results/speed.json (sections not run keep their previous resul
 regenerates docs/results-speed.md.
 
     python benchmarks/speed.py --sections fastpath,generate [--windows 40]
+    python benchmarks/speed.py --qwen2 PATH.gguf [--windows 40]    # fast path on Qwen2
     python benchmarks/speed.py --render      # only rewrite the Markdown from the JSON
 """
 
@@ -45,13 +46,15 @@ SIMULATOR_TOKENS = (512, 2048)
 LMEVAL_ITEMS = 300
 
 
-def _artifact(path: Path) -> Path:
+def _artifact(path: Path, model: str | None = None) -> Path:
+    """``path``, converted first (the default conversion of ``model``, or of the default
+    model) when it does not exist."""
     if not path.exists():
         from phasecode.conversion.config import ConversionConfig
         from phasecode.jobs.convert import convert_job
         from phasecode.models.resolve import DEFAULT_MODEL
 
-        convert_job(DEFAULT_MODEL, ConversionConfig(), path, progress=False)
+        convert_job(model or DEFAULT_MODEL, ConversionConfig(), path, progress=False)
     return path
 
 
@@ -344,6 +347,21 @@ def render(results: dict) -> str:
         "",
         PROFILE.strip(),
     ]
+    if "fastpath_qwen2" in results:
+        warm = results["fastpath_qwen2"]["warm"]
+        lines += [
+            "",
+            f"## Fast path on Qwen2.5-Coder-0.5B ({warm['windows']} windows × 512, `--qwen2`)",
+            "",
+            "Its default conversion (T=8), in `out/qwen2.5-coder-0.5b-T8`.",
+            "",
+            "| | seconds | PPL |",
+            "|---|---|---|",
+            f"| ANN (SDPA) | {warm['seconds']['ann']:.1f} | {warm['ppl']['ann']:.3f} |",
+            f"| SNN fast path | {warm['seconds']['snn']:.1f} | {warm['ppl']['snn']:.3f} |",
+            "",
+            f"Steady state: **SNN / ANN time {warm['time_ratio']:.2f}×**.",
+        ]
     if "fastpath" in results:
         cold, warm = results["fastpath"]["cold"], results["fastpath"]["warm"]
         lines += [
@@ -478,6 +496,11 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="fastpath: WikiText-2 windows")
     parser.add_argument("--new-tokens", type=int, default=24, help="generate: tokens")
     parser.add_argument("--render", action="store_true", help="only regenerate the Markdown")
+    parser.add_argument(
+        "--qwen2",
+        metavar="PATH.gguf",
+        help="only the fast path, on Qwen2.5-Coder-0.5B (../shared/models/fetch-qwen2.sh)",
+    )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -492,6 +515,15 @@ def main() -> None:
         unknown = set(names) - set(SECTIONS)
         if unknown:
             parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+        if args.qwen2:
+            if not Path(args.qwen2).is_file():
+                parser.error(f"--qwen2: no file {args.qwen2}")
+            artifact = _artifact(ROOT / "out" / "qwen2.5-coder-0.5b-T8", args.qwen2)
+            results["fastpath_qwen2"] = fastpath_section(artifact, args.windows)
+            print(json.dumps({"fastpath_qwen2": results["fastpath_qwen2"]}), flush=True)
+            write_json_atomic(RESULTS, results)
+            DOC.write_text(render(results))
+            return
         artifact = _artifact(args.artifact)
         shown = artifact.resolve()
         results["artifact"] = str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)

@@ -14,9 +14,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from phasecode.calibration.text import read_texts, token_batches
 from phasecode.conversion.convert import (
+    RANGE_EVIDENCE,
+    RANGE_PRIOR,
+    RANGE_PRIOR_TIMESTEPS,
     RANGE_WINDOWS,
     SpikingModel,
     calibration_windows,
+    clear_winner,
     convert,
 )
 from phasecode.conversion.handlers import Coder
@@ -255,14 +259,43 @@ def test_other_methods_convert(method, calibration, tiny_tokenizer):
 # ----------------------------------------------------------------------------- neuron range
 
 
-def test_auto_range_keeps_the_strength_with_the_lowest_loss_on_unsampled_text(converted):
+def test_auto_range_scores_every_strength_on_unsampled_text(converted):
     _, spiking, _ = converted
     choice = spiking.report["neuron_range_choice"]
     assert set(choice["loss"]) == set(RANGE_STRENGTHS)
-    assert choice["chosen"] == min(choice["loss"], key=choice["loss"].get)
+    lowest = min(choice["loss"], key=choice["loss"].get)
+    prior = RANGE_PRIOR if spiking.spec.timesteps >= RANGE_PRIOR_TIMESTEPS else lowest
+    assert choice["chosen"] in (lowest, prior)
+    assert (choice["chosen"] == lowest) == (lowest == prior or choice["evidence"] > 2)
     assert "after those sampled" in choice["reason"]
     for row in spiking.report["sites"]:
         assert row["calibration_peak"] > 0, row["name"]
+
+
+def _windows_nll(*rows: list[float]) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.tensor(row, dtype=torch.float64)
+        for name, row in zip(("fitted", "halfway", "peak"), rows, strict=False)
+    }
+
+
+def test_auto_range_keeps_the_prior_unless_another_range_clearly_wins():
+    # lower on average, but by less than the windows' noise: the prior stays
+    noisy = _windows_nll([3.0, 4.1, 3.5, 4.0], [3.1, 4.0, 3.6, 4.0])
+    chosen, evidence = clear_winner(noisy, "halfway")
+    assert chosen == "halfway" and 0 < evidence < RANGE_EVIDENCE
+    # lower on every window by about the same: a clear win
+    clear = _windows_nll([3.00, 4.00, 3.50, 3.90], [3.05, 4.04, 3.56, 3.94])
+    chosen, evidence = clear_winner(clear, "halfway")
+    assert chosen == "fitted" and evidence > RANGE_EVIDENCE
+    # the prior lowest; one window gives no spread to judge by
+    assert clear_winner(_windows_nll([3.2, 3.3], [3.1, 3.2], [3.4, 3.5]), "halfway") == (
+        "halfway",
+        0.0,
+    )
+    assert clear_winner(_windows_nll([3.0], [3.5]), "halfway") == ("halfway", 0.0)
+    # no prior (short T): the lowest mean, however noisy
+    assert clear_winner(noisy, None) == ("fitted", 0.0)
 
 
 def test_the_range_is_scored_on_text_after_the_calibration_windows(tiny_tokenizer, calibration):

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how far each trained neuron reaches: fitted keeps the range the squared-error "
         "fit chose (Alg. 1), which clips rare large values; peak widens it to the largest "
         "value its site showed in calibration; halfway by the square root of that; auto "
-        "(default) keeps whichever coded model has the lowest calibration loss",
+        "(default) keeps halfway from T=6 up unless another range clearly codes calibration text "
+        "better, and below T=6 whichever does",
     )
     parser.add_argument(
         "--energy-budget",

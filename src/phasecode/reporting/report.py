@@ -94,7 +94,9 @@ def describe_range(choice: dict | None) -> str:
     if "loss" not in choice:
         return f"{choice['chosen']} (given)"
     losses = ", ".join(f"{name}: {loss:.4f}" for name, loss in choice["loss"].items())
-    return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses})"
+    evidence = choice.get("evidence")
+    margin = "" if evidence is None else f"; the lowest by {evidence:.1f} standard errors"
+    return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses}{margin})"
 
 
 def _ppl_rows(report: dict, evaluation: dict | None) -> list[tuple[str, str]]:
