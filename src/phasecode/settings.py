@@ -39,6 +39,10 @@ NEURON_RANGES = ("auto", *RANGE_STRENGTHS)
 PROBS_BIAS = 64.0  # the κ measured best for --probs-bias at T=6 on SmolLM2 (docs/method.md)
 PHASE_LIMIT = 32  # T above this makes 2^T levels meaningless in float32
 BUDGET_MODES = ("price", "knapsack")
+# where the price mode's per-site loss sensitivity comes from: "fisher" (½·F_s·MSE_s alone) or
+# "measured" (that, corrected per site kind by the loss each kind's neurons add to the coded
+# model; simulation.budget). None: measured in price mode, fisher in knapsack mode
+BUDGET_SENSITIVITIES = ("measured", "fisher")
 TTFS_TIMESTEPS = 128  # App. D.1: TTFSFormer is compared at its own T = 128
 MAX_TIMESTEPS = (
     TTFS_TIMESTEPS  # TTFS coding runs up to T=128 (TTFSFormer); phase codes are limited by the CLI
@@ -152,13 +156,15 @@ class EnergyBudget:
     SNN/ANN total energy at which to stop, on a ``context``-token window priced with the
     ``costs`` preset or file. ``mode`` "price": every site at T, and training finds the price
     of a spike that meets the budget; "knapsack": T per site (≥ ``min_timesteps``) chosen
-    before training, spikes priced at the knapsack's price."""
+    before training, spikes priced at the knapsack's price. ``sensitivity``: see
+    ``BUDGET_SENSITIVITIES``."""
 
     ratio: float
     min_timesteps: int = 3
     context: int = 512
     costs: str = "45nm-fp32"
     mode: str = "price"
+    sensitivity: str | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.ratio) and self.ratio > 0):
@@ -171,3 +177,15 @@ class EnergyBudget:
             raise PhasecodeError(
                 f"unknown budget mode {self.mode!r}; choose from {', '.join(BUDGET_MODES)}"
             )
+        if self.sensitivity is not None and self.sensitivity not in BUDGET_SENSITIVITIES:
+            raise PhasecodeError(
+                f"unknown budget sensitivity {self.sensitivity!r}; choose from "
+                f"{', '.join(BUDGET_SENSITIVITIES)}"
+            )
+        if self.sensitivity == "measured" and self.mode != "price":
+            raise PhasecodeError("a measured budget sensitivity needs --budget-mode price")
+
+    @property
+    def measures_sensitivity(self) -> bool:
+        """Whether the price mode corrects the Fisher sensitivity by measurement."""
+        return self.mode == "price" and self.sensitivity in (None, "measured")

@@ -74,6 +74,19 @@ CASES = [
     (_convert("--energy-budget", "-1", "--out", "{root}/new"), ["energy budget", "> 0"]),
     (_convert("--energy-budget", ".8", "--min-timesteps", "0", "--out", "{root}/n"), ["--min-t"]),
     (
+        _convert(
+            "--energy-budget",
+            ".8",
+            "--budget-mode",
+            "knapsack",
+            "--budget-sensitivity",
+            "measured",
+            "--out",
+            "{root}/n",
+        ),
+        ["measured", "price"],
+    ),
+    (
         _convert("--energy-budget", ".8", "--costs", "{root}/list.json", "--out", "{root}/n"),
         ["list"],
     ),

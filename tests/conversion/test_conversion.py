@@ -17,7 +17,7 @@ from phasecode.conversion.convert import (
     RANGE_EVIDENCE,
     RANGE_PRIOR,
     RANGE_PRIOR_TIMESTEPS,
-    RANGE_WINDOWS,
+    SCORING_WINDOWS,
     SpikingModel,
     calibration_windows,
     clear_winner,
@@ -304,7 +304,7 @@ def test_the_range_is_scored_on_text_after_the_calibration_windows(tiny_tokenize
     windows, unseen = calibration_windows(tiny_tokenizer, texts, sampling)
     plain = token_batches(tiny_tokenizer, texts, sampling.sequences, sampling.seq_len, False)
     longer = token_batches(
-        tiny_tokenizer, texts, sampling.sequences + RANGE_WINDOWS, sampling.seq_len, False
+        tiny_tokenizer, texts, sampling.sequences + SCORING_WINDOWS, sampling.seq_len, False
     )
     assert torch.equal(windows, plain)  # the samples come from the same windows as before
     assert torch.equal(unseen, longer[sampling.sequences :])

@@ -413,6 +413,22 @@ def test_every_site_is_coded_on_its_own(coding_setup):
     assert unchanged == []
 
 
+def test_coder_codes_only_the_sites_it_is_given(coding_setup):
+    """``only`` restricts coding to a subset: none is the ANN, one site is that site's coder."""
+    model, tokens, ann = coding_setup
+    full = _las_coder(model, tokens, 2, compiled=False)
+    names = list(full.rows)
+    table = las(torch.full((len(names),), 1.0), 2)
+    with SpikingSurgery(model, Coder(table, names, compiled=False, only=())):
+        assert _relative_error(logits(model, tokens), ann) < 1e-5  # its attention kernel's rounding
+    site = names[3]
+    with SpikingSurgery(model, Coder(table, names, compiled=False, only={site})):
+        subset = logits(model, tokens)
+    with SpikingSurgery(model, Coder(table.select(3), [site], compiled=False)):
+        assert torch.equal(logits(model, tokens), subset)
+    assert _relative_error(subset, ann) > 1e-3
+
+
 def test_coder_needs_one_row_per_site(coding_setup):
     model, tokens, _ = coding_setup
     table = las(torch.ones(3), 4)

@@ -26,7 +26,7 @@ from phasecode.conversion.store import save_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.reporting import figures
 from phasecode.reporting.levels import transfer
-from phasecode.reporting.report import describe_range, write_report
+from phasecode.reporting.report import describe_budget, describe_range, write_report
 from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 from phasecode.simulation.counting import OpCount
 from phasecode.simulation.energy import PRESETS, costs_dict, summary
@@ -273,3 +273,30 @@ def test_the_report_says_how_far_the_neurons_reach():
         "halfway (chosen by --neuron-range auto, calibration NLL fitted: 3.2500, "
         "halfway: 3.1250, peak: 3.5000)"
     )
+
+
+def test_describe_budget_says_what_was_met_and_where_the_sensitivity_came_from():
+    budget = {
+        "ratio": 0.7,
+        "mode": "price",
+        "predicted_ratio": 0.712,
+        "context": 512,
+        "met": False,
+        "steps_histogram": {"8": 301},
+        "sensitivity": {
+            "source": "measured",
+            "windows": "8 windows of calibration text after those sampled",
+            "kinds": {
+                "q": {"factor": 1.0},
+                "probs": {"factor": 6.7},
+                "up": {"factor": 16.0},
+            },
+        },
+    }
+    text = describe_budget(budget)
+    assert "predicted 0.712" in text and "MISSED" in text and "T=8: 301" in text
+    assert text.endswith("after those sampled: up ×16, probs ×6.7")
+    budget["met"] = True
+    budget["sensitivity"] = {"source": "fisher"}
+    text = describe_budget(budget)
+    assert "MISSED" not in text and text.endswith("sensitivity: Fisher estimate")

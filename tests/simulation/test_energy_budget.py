@@ -10,13 +10,17 @@ import torch
 from helpers import tiny_calibrated
 
 from phasecode.conversion.convert import fit_spiking
+from phasecode.errors import PhasecodeError
+from phasecode.models.sites import site_kind
 from phasecode.settings import EnergyBudget, FitSettings, TrainConfig
 from phasecode.simulation.budget import (
+    SENSITIVITY_FACTORS,
     SiteOptions,
     _site_energy,
     budget_plan,
     budget_strategy,
     choose_steps,
+    measured_sensitivity,
     spike_prices,
 )
 from phasecode.simulation.counting import Counter
@@ -232,3 +236,45 @@ def test_price_mode_keeps_T_and_meets_the_budget(calibrated):
     assert record["mode"] == "price" and record["reachable"] and record["met"]
     assert record["predicted_ratio"] <= ratio * 1.05
     assert record["price_per_pj"] > plain.report["energy_budget"]["price_per_pj"]
+
+
+def test_measured_sensitivity_corrects_each_kind_by_the_loss_it_adds(calibrated):
+    """The price mode's default measures, per site kind, the NLL its neurons add on unsampled
+    calibration text against ½·F·MSE, and trains again with F scaled by that ratio within
+    SENSITIVITY_FACTORS; --budget-sensitivity fisher trains once on F alone."""
+    fit = FitSettings("mgpc", 6, 2, FAST, code="signed-digit")
+    low, high = SENSITIVITY_FACTORS
+    first = fit_spiking(
+        calibrated,
+        fit,
+        False,
+        budget_strategy(EnergyBudget(0.9, context=LENGTH, sensitivity="fisher")),
+    )
+    assert first.report["energy_budget"]["sensitivity"] == {"source": "fisher"}
+    fisher = calibrated.sensitivity(False).fisher
+    factors, record = measured_sensitivity(calibrated, first, fisher, progress=False)
+    kinds = {site_kind(s) for s in calibrated.sites}
+    assert record["source"] == "measured" and set(record["kinds"]) == kinds
+    for kind, row in record["kinds"].items():
+        index = [i for i, s in enumerate(calibrated.sites) if site_kind(s) == kind]
+        ratio = row["measured"] / row["predicted"]
+        assert row["factor"] == pytest.approx(min(max(ratio, low), high))
+        assert (factors[index] == row["factor"]).all()
+    assert any(row["measured"] != 0 for row in record["kinds"].values())
+    measured = fit_spiking(
+        calibrated, fit, False, budget_strategy(EnergyBudget(0.9, context=LENGTH))
+    )
+    again = measured.report["energy_budget"]["sensitivity"]
+    for kind, row in record["kinds"].items():  # measured on the same first training
+        assert again["kinds"][kind] == pytest.approx(row)
+    assert measured.report["seconds"]["training"] > first.report["seconds"]["training"]
+
+
+def test_budget_sensitivity_is_checked():
+    assert EnergyBudget(0.8).measures_sensitivity
+    assert not EnergyBudget(0.8, sensitivity="fisher").measures_sensitivity
+    assert not EnergyBudget(0.8, mode="knapsack").measures_sensitivity
+    with pytest.raises(PhasecodeError, match="needs --budget-mode price"):
+        EnergyBudget(0.8, mode="knapsack", sensitivity="measured")
+    with pytest.raises(PhasecodeError, match="unknown budget sensitivity"):
+        EnergyBudget(0.8, sensitivity="guess")

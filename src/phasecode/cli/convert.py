@@ -8,7 +8,13 @@ from pathlib import Path
 from phasecode.artifacts import SPIKING_MODEL_KIND
 from phasecode.cli import options
 from phasecode.outputs import check_artifact_dir, exclusive_output
-from phasecode.settings import BUDGET_MODES, NEURON_RANGES, RECONSTRUCTIONS, EnergyBudget
+from phasecode.settings import (
+    BUDGET_MODES,
+    BUDGET_SENSITIVITIES,
+    NEURON_RANGES,
+    RECONSTRUCTIONS,
+    EnergyBudget,
+)
 
 HELP = "convert a model into a spiking model artifact"
 
@@ -51,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="price: every site at T, training raises the price of a spike (weighted by each "
         "site's loss sensitivity) until the budget is met; knapsack: T per site chosen before "
         "training from untrained neurons, spikes priced at its price",
+    )
+    parser.add_argument(
+        "--budget-sensitivity",
+        choices=BUDGET_SENSITIVITIES,
+        help="where the price mode's per-site loss sensitivity comes from: measured (default "
+        "in price mode: the Fisher estimate corrected per site kind by the loss that kind's "
+        "neurons add on unsampled calibration text, then trained again) or fisher (the "
+        "estimate alone, one training)",
     )
     parser.add_argument(
         "--min-timesteps",

@@ -209,6 +209,7 @@ CONFIG_DESTS = {
     "balance": "balance",
     "energy_budget": "energy_budget",
     "budget_mode": "budget_mode",
+    "budget_sensitivity": "budget_sensitivity",
     "min_timesteps": "min_timesteps",
     "costs": "costs",
     "reconstruct": "reconstruct",

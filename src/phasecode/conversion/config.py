@@ -20,6 +20,7 @@ from phasecode.inference.prefix_choice import AUTO, NO_PREFIX, PrefixRequest
 from phasecode.models.quantize import WEIGHT_BITS
 from phasecode.settings import (
     BUDGET_MODES,
+    BUDGET_SENSITIVITIES,
     CODES,
     METHODS,
     MODES,
@@ -82,6 +83,7 @@ class ConversionConfig:
     balance: bool = False
     energy_budget: float | None = None
     budget_mode: str = EnergyBudget.mode
+    budget_sensitivity: str | None = EnergyBudget.sensitivity
     min_timesteps: int = EnergyBudget.min_timesteps
     costs: str = EnergyBudget.costs
     reconstruct: str = RECONSTRUCTIONS[0]
@@ -107,6 +109,8 @@ class ConversionConfig:
         _choice("objective", self.objective, OBJECTIVES)
         _choice("mode", self.mode, MODES)
         _choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        if self.budget_sensitivity is not None:
+            _choice("budget_sensitivity", self.budget_sensitivity, BUDGET_SENSITIVITIES)
         _choice("reconstruct", self.reconstruct, RECONSTRUCTIONS)
         _choice("neuron_range", self.neuron_range, NEURON_RANGES)
         if self.reconstruct != "none" and self.method != "mgpc":
@@ -209,7 +213,11 @@ class ConversionConfig:
                 "ConversionConfig.energy_budget trains its neurons: it needs method mgpc"
             )
         return EnergyBudget(
-            float(self.energy_budget), self.min_timesteps, costs=self.costs, mode=self.budget_mode
+            float(self.energy_budget),
+            self.min_timesteps,
+            costs=self.costs,
+            mode=self.budget_mode,
+            sensitivity=self.budget_sensitivity,
         )
 
     def preparation(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
@@ -66,7 +67,7 @@ from phasecode.training.fit import (
 # size, so fewer, larger pushes (16 windows: ~7 s less on SmolLM2's 301 sites)
 CALIBRATION_BATCH = 4
 PROBS_BIAS_WINDOWS = 4  # calibration windows --probs-bias auto scores each κ on
-RANGE_WINDOWS = 8  # windows of unsampled calibration text --neuron-range auto scores on
+SCORING_WINDOWS = 8  # unsampled calibration windows a coded model is scored on in conversion
 RANGE_PRIOR = "halfway"  # what --neuron-range auto keeps unless another range clearly wins,
 RANGE_PRIOR_TIMESTEPS = 6  # from this T up (below it: the lowest mean NLL, no prior)
 RANGE_EVIDENCE = 2.0  # "clearly": by this many standard errors of the per-window difference
@@ -338,11 +339,11 @@ def calibrate(
 def calibration_windows(
     tokenizer, texts: list[str], sampling: SamplingSettings
 ) -> tuple[Tensor, Tensor | None]:
-    """The calibration windows, and ``RANGE_WINDOWS`` more cut from the text after them,
+    """The calibration windows, and ``SCORING_WINDOWS`` more cut from the text after them,
     which no sample or peak comes from (None where the text is too short for them)."""
     n, length = sampling.sequences, sampling.seq_len
     try:
-        cut = token_batches(tokenizer, texts, n + RANGE_WINDOWS, length, add_bos=False)
+        cut = token_batches(tokenizer, texts, n + SCORING_WINDOWS, length, add_bos=False)
     except PhasecodeError:
         return token_batches(tokenizer, texts, n, length, add_bos=False), None
     return cut[:n], cut[n:]
@@ -440,12 +441,23 @@ def choose_probs_bias(
     return candidates[chosen], choice
 
 
-def coded_nll(c: Calibrated, table: CodeTable, windows: Tensor) -> Tensor:
+def coded_nll(
+    c: Calibrated, table: CodeTable, windows: Tensor, only: Collection[str] | None = None
+) -> Tensor:
     """Mean NLL per token of each of ``windows`` [W] under the prepared model with
-    ``table``'s neurons."""
-    with c.prepared.surgery(c.model, Coder(table, c.sites), c.spec.lm_head):
+    ``table``'s neurons (only at the sites in ``only``, when given)."""
+    with c.prepared.surgery(c.model, Coder(table, c.sites, only=only), c.spec.lm_head):
         scored = perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False)
     return scored.nll / scored.tokens
+
+
+def scoring_windows(c: Calibrated) -> tuple[Tensor, str]:
+    """Windows to score a coded model on during conversion, and where they come from: the
+    calibration text after the sampled windows (what no neuron was fitted to), or where the
+    text is too short, ``SCORING_WINDOWS`` of the sampled windows themselves."""
+    if c.unseen is not None:
+        return c.unseen, "windows of calibration text after those sampled"
+    return c.windows[:SCORING_WINDOWS], "of the sampled calibration windows"
 
 
 def choose_range(c: Calibrated, fit: FitSettings, table: CodeTable) -> tuple[CodeTable, dict]:
@@ -459,9 +471,7 @@ def choose_range(c: Calibrated, fit: FitSettings, table: CodeTable) -> tuple[Cod
     if fit.neuron_range != "auto":
         strength = RANGE_STRENGTHS[fit.neuron_range]
         return reach_peaks(table, peaks, strength), {"chosen": fit.neuron_range, "reason": "given"}
-    windows, where = c.unseen, "windows of calibration text after those sampled"
-    if windows is None:
-        windows, where = c.windows[:RANGE_WINDOWS], "of the sampled calibration windows"
+    windows, where = scoring_windows(c)
     candidates = {name: reach_peaks(table, peaks, s) for name, s in RANGE_STRENGTHS.items()}
     nll = {name: coded_nll(c, candidate, windows) for name, candidate in candidates.items()}
     prior = RANGE_PRIOR if fit.timesteps >= RANGE_PRIOR_TIMESTEPS else None

@@ -7,6 +7,7 @@ path), and the spike-level simulator plugs in its own handler later.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 import torch
@@ -72,16 +73,24 @@ class Coder:
 
     ``compiled`` selects the fused kernel (``fused_site_value``), bit-identical to the
     step-by-step dynamics but one pass over the activations; ``mask_strength`` applies spike
-    masking (``coding.neuron.mask_window``).
+    masking (``coding.neuron.mask_window``); ``only`` codes just those sites (the rest pass
+    through), to measure what a subset of the neurons costs.
     """
 
     def __init__(
-        self, table: CodeTable, sites: list[str], compiled: bool = True, mask_strength: int = 0
+        self,
+        table: CodeTable,
+        sites: list[str],
+        compiled: bool = True,
+        mask_strength: int = 0,
+        only: Collection[str] | None = None,
     ):
         if table.sites != len(sites):
             raise ValueError(f"table has {table.sites} rows for {len(sites)} sites")
         mask_window(table.timesteps, mask_strength)  # validate now, not at the first site
-        self.rows = {name: table.select(i) for i, name in enumerate(sites)}
+        self.rows = {
+            name: table.select(i) for i, name in enumerate(sites) if only is None or name in only
+        }
         self.compiled, self.mask_strength = compiled, mask_strength
         self._fused: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
 

@@ -10,7 +10,7 @@ from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.models.placement import CPU, Placement
 from phasecode.models.sites import site_kind
-from phasecode.reporting.report import describe_range
+from phasecode.reporting.report import describe_budget, describe_range
 
 
 def convert_job(
@@ -73,12 +73,7 @@ def format_conversion(report: dict) -> str:
         lines.append(f"{kind:<10}{len(rows):>4}{mse:>15.3e}{ratio:>13.3f}")
     budget = report.get("energy_budget")
     if budget is not None:
-        steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
-        lines.append(
-            f"energy budget {budget['ratio']} ({budget.get('mode', 'knapsack')}): predicted "
-            f"total ratio {budget['predicted_ratio']:.3f}"
-            f"{'' if budget.get('met', True) else ' (MISSED)'}; sites by T: {steps}"
-        )
+        lines.append(f"energy budget {describe_budget(budget)}")
     seconds = report["seconds"]
     planned = f", budget {seconds['budget']:.1f} s" if "budget" in seconds else ""
     lines.append(

@@ -99,6 +99,26 @@ def describe_range(choice: dict | None) -> str:
     return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses}{margin})"
 
 
+def describe_budget(budget: dict) -> str:
+    """What an energy budget chose and predicted, and where its sensitivity came from."""
+    steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
+    text = (
+        f"{budget['ratio']} by {budget.get('mode', 'knapsack')} (predicted "
+        f"{budget['predicted_ratio']:.3f} on {budget['context']} tokens"
+        f"{'' if budget.get('met', True) else ', MISSED'}); sites by T: {steps}"
+    )
+    sensitivity = budget.get("sensitivity") or {"source": "fisher"}
+    if sensitivity["source"] != "measured":
+        return text + "; sensitivity: Fisher estimate"
+    kinds = sensitivity["kinds"]
+    factors = ", ".join(
+        f"{kind} ×{row['factor']:.2g}"
+        for kind, row in sorted(kinds.items(), key=lambda item: -item[1]["factor"])
+        if row["factor"] != 1.0
+    )
+    return text + f"; sensitivity measured on {sensitivity['windows']}: {factors or 'as estimated'}"
+
+
 def _ppl_rows(report: dict, evaluation: dict | None) -> list[tuple[str, str]]:
     """PPL lines from the conversion report (if the lead stores one) or an `eval --json`."""
     rows = []
@@ -181,15 +201,7 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
     rows.append(("training objective", objective))
     budget = report.get("energy_budget")
     if budget is not None:
-        steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
-        rows.append(
-            (
-                "energy budget",
-                f"{budget['ratio']} by {budget.get('mode', 'knapsack')} (predicted "
-                f"{budget['predicted_ratio']:.3f} on {budget['context']} tokens"
-                f"{'' if budget.get('met', True) else ', missed'}); sites by T: {steps}",
-            )
-        )
+        rows.append(("energy budget", describe_budget(budget)))
     mean_ratio = report.get("mean_ratio", metadata.get("mean_ratio"))
     if mean_ratio is not None:
         rows.append(("mean held-out MSE ÷ Lloyd-Max", _fmt(mean_ratio)))

@@ -27,9 +27,18 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from phasecode.coding.neuron import spikes, value
-from phasecode.conversion.convert import Calibrated, SpikingModel, Train, probs_bias
+from phasecode.conversion.convert import (
+    Calibrated,
+    SpikingModel,
+    Train,
+    coded_nll,
+    probs_bias,
+    scoring_windows,
+)
+from phasecode.models.sites import site_kind
 from phasecode.settings import EnergyBudget, FitSettings
 from phasecode.simulation.energy import load_costs
 from phasecode.simulation.estimate import SiteEnergy, site_energy
@@ -39,6 +48,10 @@ from phasecode.training.objective import site_error
 
 OPTION_SAMPLES = 2048  # held-out samples per site used to score the options
 MISS_TOLERANCE = 0.01  # a prediction this far (relative) over the budget still meets it
+# a site kind's measured loss over its Fisher prediction is trusted within these bounds:
+# below 1 the measurement is mostly its noise and the cancellations between sites, and an
+# unbounded factor would let one noisy kind take the whole budget
+SENSITIVITY_FACTORS = (1.0, 16.0)
 
 
 @dataclass(frozen=True)
@@ -240,10 +253,17 @@ def _fit_at_price(
             "as high as training goes",
             stacklevel=2,
         )
-    unit = spike_prices(sensitivity, energy, 1.0)
     spike_budget = SpikeBudget(energy.width * energy.spike_pj, max(allowed, 0.0))
     seconds = time.perf_counter() - start
-    spiking = train(None, unit, spike_budget)
+    spiking = train(None, spike_prices(sensitivity, energy, 1.0), spike_budget)
+    correction = {"source": "fisher"}
+    if budget.measures_sensitivity:
+        start = time.perf_counter()
+        factors, correction = measured_sensitivity(c, spiking, sensitivity, progress)
+        seconds += time.perf_counter() - start
+        first = spiking.report["seconds"]["training"]
+        spiking = train(None, spike_prices(sensitivity * factors, energy, 1.0), spike_budget)
+        spiking.report["seconds"]["training"] += first
     trained = _trained_spikes(spiking)
     prices = spiking.report["spike_prices"]
     predicted = energy.ratio(trained, steps)
@@ -260,9 +280,46 @@ def _fit_at_price(
         "price_per_pj": prices[-1] if prices else 0.0,
         "predicted_ratio": predicted,
         "steps_histogram": {str(fit.timesteps): len(c.sites)},
+        "sensitivity": correction,
     }
     spiking.report["seconds"]["budget"] = seconds
     return spiking
+
+
+def measured_sensitivity(
+    c: Calibrated, spiking: SpikingModel, fisher: Tensor, progress: bool
+) -> tuple[Tensor, dict]:
+    """Per site, a factor on F_s from what ``spiking``'s neurons cost: each site kind alone
+    is coded on unsampled calibration text, and the NLL it adds over the prepared ANN is set
+    against Σ ½·F_s·MSE_s over its sites. The Fisher estimate assumes each element's error
+    independent of its gradient and of the other elements' errors; where a kind's errors add
+    up coherently (attention probabilities, the SiLU·up product's operands) it underprices
+    them, and the price mode then takes spikes where they cost the most loss. The factor is
+    the measured ratio within ``SENSITIVITY_FACTORS``, the same for every site of a kind."""
+    windows, where = scoring_windows(c)
+    mse = torch.tensor([row["mse"] for row in spiking.report["sites"]], dtype=torch.float64)
+    predicted = 0.5 * fisher.double().cpu() * mse
+    kinds = list(dict.fromkeys(site_kind(s) for s in c.sites))
+    base = coded_nll(c, spiking.table, windows, only=()).double().cpu()
+    factors = torch.ones(len(c.sites), dtype=torch.float64)
+    rows = {}
+    low, high = SENSITIVITY_FACTORS
+    for kind in tqdm(kinds, desc="sensitivity by kind", unit="kind", disable=not progress):
+        index = [i for i, s in enumerate(c.sites) if site_kind(s) == kind]
+        only = {c.sites[i] for i in index}
+        added = coded_nll(c, spiking.table, windows, only=only).double().cpu() - base
+        expected = float(predicted[index].sum())
+        measured = float(added.mean())
+        ratio = measured / expected if expected > 0 else high
+        factors[index] = min(max(ratio, low), high)
+        spread = float(added.std()) / len(added) ** 0.5 if len(added) > 1 else 0.0
+        rows[kind] = {
+            "predicted": expected,
+            "measured": measured,
+            "standard_error": spread,
+            "factor": float(factors[index[0]]),
+        }
+    return factors, {"source": "measured", "windows": f"{len(windows)} {where}", "kinds": rows}
 
 
 def _met(budget: EnergyBudget, predicted: float, why: str) -> bool:
