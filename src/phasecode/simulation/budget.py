@@ -292,9 +292,10 @@ def measured_sensitivity(
     """Per site, a factor on F_s from what ``spiking``'s neurons cost: each site kind alone
     is coded on unsampled calibration text, and the NLL it adds over the prepared ANN is set
     against Σ ½·F_s·MSE_s over its sites. The Fisher estimate assumes each element's error
-    independent of its gradient and of the other elements' errors; where a kind's errors add
-    up coherently (attention probabilities, the SiLU·up product's operands) it underprices
-    them, and the price mode then takes spikes where they cost the most loss. The factor is
+    independent of its gradient and of the other elements' errors; where that fails (on
+    SmolLM2: the attention probabilities and the SiLU·up product's operands, docs/energy.md)
+    it underprices a kind's errors, and the price mode then takes spikes where they cost the
+    most loss. The factor is
     the measured ratio within ``SENSITIVITY_FACTORS``, the same for every site of a kind."""
     windows, where = scoring_windows(c)
     mse = torch.tensor([row["mse"] for row in spiking.report["sites"]], dtype=torch.float64)
@@ -310,7 +311,9 @@ def measured_sensitivity(
         added = coded_nll(c, spiking.table, windows, only=only).double().cpu() - base
         expected = float(predicted[index].sum())
         measured = float(added.mean())
-        ratio = measured / expected if expected > 0 else high
+        # no predicted loss: any measured loss is underpriced without bound
+        fallback = high if measured > 0 else low
+        ratio = measured / expected if expected > 0 else fallback
         factors[index] = min(max(ratio, low), high)
         spread = float(added.std()) / len(added) ** 0.5 if len(added) > 1 else 0.0
         rows[kind] = {
