@@ -25,8 +25,9 @@ def default_code(method: str) -> str:
 # what a site's neuron minimises: its samples' squared error, or that error weighted by the
 # model loss's squared gradient at each value (E[g² | x], conversion/sensitivity.py)
 OBJECTIVES = ("mse", "fisher")
-# after training: "block" tunes each decoder layer's neurons on its output (conversion/reconstruct)
-RECONSTRUCTIONS = ("none", "block")
+# after training: "block" tunes each decoder layer's neurons on its output, "output" every
+# neuron together on the model's next-token distribution (conversion/reconstruct.py)
+RECONSTRUCTIONS = ("none", "block", "output")
 # how far a trained neuron reaches, as a power of its shortfall (the largest |x| its site
 # showed in calibration over the neuron's saturation) by which θ, h and d are scaled
 # together: "fitted" keeps the squared-error fit's range, which clips the rare large values a

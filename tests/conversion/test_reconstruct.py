@@ -10,7 +10,12 @@ from helpers import randomize_weights, tiny_calibrated, write_calibration
 import phasecode as pc
 from phasecode.conversion.config import ConfigError
 from phasecode.conversion.convert import fit_spiking
-from phasecode.conversion.reconstruct import ReconstructSettings, reconstruct_blocks
+from phasecode.conversion.reconstruct import (
+    OutputSettings,
+    ReconstructSettings,
+    reconstruct_blocks,
+)
+from phasecode.models.precision import to_float64
 from phasecode.settings import FitSettings, TrainConfig
 from phasecode.simulation.network import SpikingSimulator
 
@@ -54,8 +59,9 @@ def test_reconstruct_is_a_config_choice():
         pc.ConversionConfig(reconstruct="layer")
     with pytest.raises(ConfigError, match="needs mgpc"):
         pc.ConversionConfig(reconstruct="block", method="las")
-    with pytest.raises(ConfigError, match="energy budget"):
-        pc.ConversionConfig(reconstruct="block", energy_budget=0.8)
+    assert pc.ConversionConfig(reconstruct="block", energy_budget=0.8).reconstruct == "block"
+    with pytest.raises(ConfigError, match="needs budget_mode 'price'"):
+        pc.ConversionConfig(reconstruct="block", energy_budget=0.8, budget_mode="knapsack")
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -71,3 +77,69 @@ def test_every_architecture_reconstructs(name, tmp_path, tiny_tokenizer):
     layers = snn.spiking.report["reconstruction"]["layers"]
     assert len(layers) == model.config.num_hidden_layers
     assert all(row["loss_after"] <= row["loss_before"] for row in layers)
+
+
+@pytest.mark.parametrize("how", ["block", "output"])
+def test_under_an_energy_budget_tuning_spends_no_more_than_the_fitted_neurons(
+    how, tmp_path, tiny_tokenizer
+):
+    """The price mode's neurons tuned with the spike energy held to what the budget leaves
+    (the fitted neurons' times the headroom their prediction left under it) on the
+    calibration tokens, per layer or of the whole model; the budget's prediction is made
+    again."""
+    model = randomize_weights(tiny_architecture("llama3_rope"), seed=1)
+    config = pc.ConversionConfig(
+        samples=64,
+        sequences=4,
+        seq_len=32,
+        rounds=2,
+        prefix=[0],
+        code="signed-digit",
+        energy_budget=2.5,
+        budget_sensitivity="fisher",
+        reconstruct=how,
+    )
+    calibration = write_calibration(tmp_path / "calib.jsonl")
+    snn = pc.convert(model, tiny_tokenizer, config, calibration=calibration, progress=False)
+    report = snn.spiking.report
+    record = report["energy_budget"]
+    assert record["reachable"] and record["met"]
+    tuned = report["reconstruction"]
+    headroom = tuned["headroom"]
+    # the fitted neurons predict under the budget: the tuning may spend the rest
+    assert record["predicted_ratio_fitted"] < record["ratio"] and headroom > 1.0
+    if how == "output":
+        assert tuned["kept"] and tuned["kl_tuned"] < tuned["kl_before"]
+        assert tuned["energy_tuned"] <= headroom
+        assert record["predicted_ratio"] != record["predicted_ratio_fitted"]
+        return
+    layers = tuned["layers"]
+    assert len(layers) == model.config.num_hidden_layers
+    for row in layers:
+        assert row["loss_after"] <= row["loss_before"]
+        kept = row["loss_after"] < row["loss_before"]
+        assert not kept or row["energy_tuned"] <= headroom
+    assert any(row["loss_after"] < row["loss_before"] for row in layers)
+    # the report's site scores are the tuned neurons': the prediction moved with them
+    assert record["predicted_ratio"] != record["predicted_ratio_fitted"]
+
+
+def test_output_tuning_lowers_the_kl_and_keeps_the_network_exact(tmp_path, tiny_tokenizer):
+    """--reconstruct output: every neuron tuned on KL(prepared ANN ‖ SNN); the tuned table is
+    still a phase code the spike-level network runs exactly."""
+    model = to_float64(randomize_weights(tiny_architecture("qwen3"), seed=1))
+    config = pc.ConversionConfig(
+        samples=64, sequences=4, seq_len=32, rounds=2, prefix=[0], reconstruct="output"
+    )
+    calibration = write_calibration(tmp_path / "calib.jsonl")
+    snn = pc.convert(model, tiny_tokenizer, config, calibration=calibration, progress=False)
+    spiking = snn.spiking
+    tuned = spiking.report["reconstruction"]
+    assert tuned["kept"] and tuned["kl_tuned"] < tuned["kl_before"]
+    assert "energy_tuned" not in tuned  # no budget: spikes are free
+    assert tuned["steps"] == OutputSettings().passes * 2  # 4 windows in batches of 2
+    tokens = torch.randint(2, 258, (1, 12), generator=torch.Generator().manual_seed(3))
+    with spiking.coded():
+        fast = spiking.logits(tokens)
+    simulated = SpikingSimulator(spiking).forward(tokens)
+    assert ((simulated - fast).abs().max() / fast.abs().max()).item() <= 1e-9

@@ -26,7 +26,12 @@ from phasecode.conversion.store import save_spiking
 from phasecode.errors import PhasecodeError
 from phasecode.reporting import figures
 from phasecode.reporting.levels import transfer
-from phasecode.reporting.report import describe_budget, describe_range, write_report
+from phasecode.reporting.report import (
+    describe_budget,
+    describe_range,
+    describe_reconstruction,
+    write_report,
+)
 from phasecode.settings import FitSettings, SamplingSettings, TrainConfig
 from phasecode.simulation.counting import OpCount
 from phasecode.simulation.energy import PRESETS, costs_dict, summary
@@ -300,3 +305,21 @@ def test_describe_budget_says_what_was_met_and_where_the_sensitivity_came_from()
     budget["sensitivity"] = {"source": "fisher"}
     text = describe_budget(budget)
     assert "MISSED" not in text and text.endswith("sensitivity: Fisher estimate")
+
+
+def test_describe_reconstruction_says_what_the_tuning_did():
+    block = {
+        "layers": [
+            {"loss_before": 0.2, "loss_after": 0.1},
+            {"loss_before": 0.2, "loss_after": 0.2},
+        ],
+        "seconds": 12.4,
+    }
+    assert describe_reconstruction(block) == "block: 1/2 layers improved, 12 s"
+    output = {"kl_before": 0.0764, "kl_tuned": 0.0572, "kept": True, "steps": 40, "seconds": 345}
+    text = describe_reconstruction(output | {"energy_tuned": 0.9992})
+    assert text == (
+        "output: calibration KL 0.0764 → 0.0572 (kept, spike energy ×0.999 of the fitted "
+        "neurons'), 345 s"
+    )
+    assert "not kept" in describe_reconstruction(output | {"kept": False})

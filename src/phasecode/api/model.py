@@ -14,13 +14,13 @@ from phasecode.calibration.text import read_texts
 from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.conversion.convert import calibrate, fit_spiking
-from phasecode.conversion.reconstruct import reconstruct_blocks
+from phasecode.conversion.reconstruct import reconstruct
 from phasecode.errors import PhasecodeError
 from phasecode.models.devices import resolve_device, resolve_dtype
 from phasecode.models.loading import base_record, check_fits
 from phasecode.models.loading import load_model as load_base
 from phasecode.models.resolve import DEFAULT_MODEL, model_reference
-from phasecode.simulation.budget import budget_strategy
+from phasecode.simulation.budget import budget_strategy, reconstruct_within_budget
 from phasecode.simulation.energy import load_costs
 
 # what a calibration argument may be: a file, documents, or a datasets.Dataset (its "text")
@@ -78,10 +78,11 @@ def convert(
         **config.preparation(),
     )
     spiking = fit_spiking(calibrated, config.fit_settings(), progress, budget_strategy(budget))
-    if config.reconstruct == "block":
-        spiking.report["reconstruction"] = reconstruct_blocks(
-            spiking, calibrated.windows, progress=progress
-        )
+    if config.reconstruct != "none" and budget is not None:
+        reconstruct_within_budget(calibrated, spiking, config.reconstruct, budget, progress)
+    elif config.reconstruct != "none":
+        record = reconstruct(calibrated, spiking, config.reconstruct, progress)
+        spiking.report["reconstruction"] = record
     spiking.report["config"] = config.to_dict()
     return SpikingModelForCausalLM(spiking, base)
 

@@ -31,8 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reconstruct",
         choices=RECONSTRUCTIONS,
         default=RECONSTRUCTIONS[0],
-        help="block: after training, tune each decoder layer's neurons together on the "
-        "layer's output against the prepared ANN's (conversion/reconstruct.py)",
+        help="after training, tune the neurons on what the model outputs: block, each "
+        "decoder layer's together on the layer's output; output, all together on the "
+        "next-token distribution (KL to the prepared ANN's; conversion/reconstruct.py). "
+        "Under --energy-budget the tuned neurons spend no more spike energy than the budget "
+        "leaves",
     )
     parser.add_argument(
         "--neuron-range",

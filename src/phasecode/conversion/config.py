@@ -53,7 +53,10 @@ class ConversionConfig:
     ``"auto"``. ``batch_samples``: a count, or ``None`` for every sample. ``energy_budget``:
     the predicted SNN/ANN total-energy ratio to convert under (``None``: no budget).
     ``reconstruct``: ``"block"`` tunes each decoder layer's neurons on the layer's output
-    after Alg. 1/2 (``conversion/reconstruct.py``); ``"none"`` keeps the per-site fit.
+    after Alg. 1/2, ``"output"`` every neuron together on the model's next-token
+    distribution (``conversion/reconstruct.py``; under an energy budget, price mode only,
+    the tuned neurons then spend no more spike energy than the budget leaves); ``"none"``
+    keeps the per-site fit.
     ``neuron_range``: ``"peak"`` widens every trained neuron until it reaches the largest
     value its site showed in calibration, ``"fitted"`` keeps the squared-error fit's range,
     ``"halfway"`` widens by the square root of the shortfall, ``"auto"`` keeps whichever
@@ -115,9 +118,11 @@ class ConversionConfig:
         _choice("neuron_range", self.neuron_range, NEURON_RANGES)
         if self.reconstruct != "none" and self.method != "mgpc":
             raise ConfigError("ConversionConfig.reconstruct tunes trained neurons: needs mgpc")
-        if self.reconstruct != "none" and self.energy_budget is not None:
+        budgeted = self.energy_budget is not None
+        if self.reconstruct != "none" and budgeted and self.budget_mode != "price":
             raise ConfigError(
-                "ConversionConfig.reconstruct is not available under an energy budget yet"
+                "ConversionConfig.reconstruct under an energy budget needs budget_mode 'price' "
+                "(the knapsack gives sites different T, which the tuning cannot take)"
             )
         for name in ("timesteps", "grains", "rounds", "sequences", "min_timesteps"):
             _integer(name, getattr(self, name), 1)

@@ -581,19 +581,13 @@ def _train(
     if fit.probs_bias_auto:
         result, bias_choice = choose_probs_bias(c, fit, result, train, steps, spike_costs, weight)
     table, range_choice = choose_range(c, fit, result.table)
-    scores = score_sites(table, train, heldout, heldout_weight) | {
-        "calibration_peak": c.peaks,  # the largest |x| the site showed
-        "saturation": largest_output(table).cpu(),  # the neuron's largest output
-    }
+    sites = site_scores(c, table, heldout_weight)
     table = table.to(device="cpu")
     curve = result.loss_curve.cpu() if result.loss_curve is not None else None
     prefix = c.prepared.prefix
     report = {
-        "sites": [
-            {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
-            for i, name in enumerate(c.sites)
-        ],
-        "mean_ratio": float(scores["ratio"].mean()),
+        "sites": sites,
+        "mean_ratio": sum(row["ratio"] for row in sites) / len(sites),
         "seconds": {"calibration": c.seconds, "training": result.seconds},
         "spike_prices": result.prices,
         "spec": asdict(spec),
@@ -617,6 +611,23 @@ def _train(
         result.loss_phases,
         site_histograms(torch.cat([c.train, c.heldout], 1)),
     )
+
+
+def site_scores(
+    c: Calibrated, table: CodeTable, heldout_weight: Tensor | None = None
+) -> list[dict]:
+    """The report's row per site: its neuron's held-out MSE, spikes and yardsticks
+    (``score_sites``), the largest |x| the site showed in calibration and the neuron's
+    largest output."""
+    train, heldout = c.train.to(table.weight.device), c.heldout.to(table.weight.device)
+    scores = score_sites(table, train, heldout, heldout_weight) | {
+        "calibration_peak": c.peaks,
+        "saturation": largest_output(table).cpu(),
+    }
+    return [
+        {"name": name, **{k: float(v[i]) for k, v in scores.items()}}
+        for i, name in enumerate(c.sites)
+    ]
 
 
 def convert(

@@ -10,7 +10,7 @@ from phasecode.conversion.causal_lm import SpikingModelForCausalLM
 from phasecode.conversion.config import ConversionConfig
 from phasecode.models.placement import CPU, Placement
 from phasecode.models.sites import site_kind
-from phasecode.reporting.report import describe_budget, describe_range
+from phasecode.reporting.report import describe_budget, describe_range, describe_reconstruction
 
 
 def convert_job(
@@ -71,6 +71,8 @@ def format_conversion(report: dict) -> str:
         mse = sum(r["mse"] for r in rows) / len(rows)
         ratio = sum(r["ratio"] for r in rows) / len(rows)
         lines.append(f"{kind:<10}{len(rows):>4}{mse:>15.3e}{ratio:>13.3f}")
+    if report.get("reconstruction"):
+        lines.append(f"tuned after training, {describe_reconstruction(report['reconstruction'])}")
     budget = report.get("energy_budget")
     if budget is not None:
         lines.append(f"energy budget {describe_budget(budget)}")

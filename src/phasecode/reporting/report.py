@@ -99,6 +99,21 @@ def describe_range(choice: dict | None) -> str:
     return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses}{margin})"
 
 
+def describe_reconstruction(record: dict) -> str:
+    """What tuning the neurons after training did (the report's ``reconstruction``)."""
+    if "layers" in record:
+        layers = record["layers"]
+        improved = sum(row["loss_after"] < row["loss_before"] for row in layers)
+        return f"block: {improved}/{len(layers)} layers improved, {record['seconds']:.0f} s"
+    energy = record.get("energy_tuned")
+    spikes = "" if energy is None else f", spike energy ×{energy:.3f} of the fitted neurons'"
+    kept = "kept" if record["kept"] else "not kept: the fitted neurons stay"
+    return (
+        f"output: calibration KL {record['kl_before']:.4f} → {record['kl_tuned']:.4f} ({kept}"
+        f"{spikes}), {record['seconds']:.0f} s"
+    )
+
+
 def describe_budget(budget: dict) -> str:
     """What an energy budget chose and predicted, and where its sensitivity came from."""
     steps = ", ".join(f"T={t}: {n}" for t, n in budget["steps_histogram"].items())
@@ -199,6 +214,8 @@ def _summary(metadata: dict, evaluation: dict | None, energy: dict | None) -> li
         losses = ", ".join(f"κ = {k}: {v:.4f}" for k, v in choice["loss"].items())
         objective += f" (κ chosen by --probs-bias auto, calibration NLL {losses})"
     rows.append(("training objective", objective))
+    if report.get("reconstruction"):
+        rows.append(("tuned after training", describe_reconstruction(report["reconstruction"])))
     budget = report.get("energy_budget")
     if budget is not None:
         rows.append(("energy budget", describe_budget(budget)))
