@@ -82,9 +82,9 @@ def measure(
             neuron_range=neuron_range,
             energy_budget=budget,
             budget_sensitivity=sensitivity,
-            # under a budget the conversion itself reconstructs (held to the fitted neurons'
-            # spike energy); its row is the reconstructed model's, the row without is the
-            # fitted one's (conversion is deterministic)
+            # under a budget the conversion itself reconstructs (held to the spike energy the
+            # budget leaves); its row is the tuned model's, the row without is the fitted
+            # one's (conversion is deterministic)
             reconstruct=tune if reconstruct and budget is not None else "none",
         )
         start = time.perf_counter()

@@ -245,7 +245,7 @@ def _fit_at_price(
     sensitivity = c.sensitivity(progress).fisher
     energy = _site_energy(c, budget)
     steps = torch.full((len(c.sites),), fit.timesteps, dtype=torch.long)
-    fixed = energy.snn_pj(torch.zeros(len(c.sites), dtype=torch.float64), steps)
+    fixed = energy.spike_free_pj(steps)
     allowed = budget.ratio * energy.ann_pj - fixed
     if allowed <= 0:
         warnings.warn(
@@ -298,7 +298,7 @@ def reconstruct_within_budget(
     as ``predicted_ratio_fitted``)."""
     energy = _site_energy(c, budget)
     steps = spiking.table.steps
-    fixed = energy.ratio(torch.zeros(len(steps), dtype=torch.float64), steps)
+    fixed = energy.spike_free_pj(steps) / energy.ann_pj
     record = spiking.report["energy_budget"]
     # what the fitted neurons left of the spikes' share (a range widened after training
     # drops spikes the budget allowed): the tuning may spend it
@@ -307,7 +307,7 @@ def reconstruct_within_budget(
     spiking.report["reconstruction"] = reconstruct(
         c, spiking, how, progress, energy.spike_pj, headroom
     ) | {"headroom": headroom}
-    predicted = energy.ratio(_trained_spikes(spiking), spiking.table.steps)
+    predicted = energy.ratio(_trained_spikes(spiking), steps)
     record["predicted_ratio_fitted"] = record["predicted_ratio"]
     record["predicted_ratio"] = predicted
     record["met"] = record["met"] and _met(

@@ -49,6 +49,10 @@ class SiteEnergy:
         shared = self.shared_step_pj * int(steps.max())
         return float(spikes + fixed) + shared + self.constant_pj
 
+    def spike_free_pj(self, steps: Tensor) -> float:
+        """What the SNN costs per token before any spike: its per-step and constant work."""
+        return self.snn_pj(torch.zeros(len(steps), dtype=torch.float64), steps)
+
     def ratio(self, spikes_per_neuron: Tensor, steps: Tensor) -> float:
         return self.snn_pj(spikes_per_neuron, steps) / self.ann_pj
 
