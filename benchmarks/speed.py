@@ -334,6 +334,19 @@ PROFILE = """## Where the time went (torch.profiler, 4 windows × 512, one threa
   the online rotation's 48-wide block and the head rotation add under 2 %); the blocked
   attention's `bmm`s take 0.6 s where the ANN's SDPA takes 1.1 s; the rest of the gap is the
   compiled neuron and attention kernels, 2.8 s: the T-step loops over every coded element.
+- Qwen2.5-Coder-0.5B (torch.profiler, 4 windows, two threads; wave 3): self CPU 22.0 s for the
+  fast path against the ANN's 17.6 s. GEMMs 13.1 s against 12.0 s (72 more calls: the online
+  down_proj rotation, 4864 = 2·19 · 128, a 38-wide dense block and 7 butterfly passes, and
+  the head rotations); compiled kernels 4.0 s where the ANN's SDPA, SiLU and product take
+  1.4 s. A neuron kernel alone runs at 1.6-2.1 ns per element (binary / signed-digit, T=8,
+  10 M elements: faster than an eager x·2+1 on the same tensor), so the loops themselves are
+  near this CPU's memory speed. Inside the compiled MLP the rotation's butterflies are traced
+  as out-of-place passes: compiled on their own they took 127 ms on 2048 × 4864 where the
+  eager buffered passes take 64 ms (the down_proj: 100 ms). Tried and reverted: the rotation
+  as one opaque operator (`torch.library.custom_op`) the compiled MLP calls as is. Alone, the
+  MLP-like region went from 115 to 79 ms; in the model, three alternating rounds of 4 windows
+  in one process gave a median 1.256× against 1.197× with the traced passes (ANN 19.2 s; the
+  rounds disagreed, the last reversed): no gain this machine can show.
 """
 
 
