@@ -59,6 +59,7 @@ def measure(
     budget: float | None = None,
     sensitivities: list[str | None] | None = None,
     tune: str = "block",
+    seed: int = 0,
 ) -> list[dict]:
     import phasecode as pc
     from phasecode.api.model import calibration_texts
@@ -82,6 +83,7 @@ def measure(
             neuron_range=neuron_range,
             energy_budget=budget,
             budget_sensitivity=sensitivity,
+            seed=seed,
             # under a budget the conversion itself reconstructs (held to the spike energy the
             # budget leaves); its row is the tuned model's, the row without is the fitted
             # one's (conversion is deterministic)
@@ -104,6 +106,7 @@ def measure(
             "timesteps": steps,
             "text": text,
             "windows": windows,
+            "seed": seed,
             "prefixed_ann_ppl": ann,
             "snn_ppl": fitted,
             "ratio": fitted / ann,
@@ -218,29 +221,39 @@ def table(rows: list[dict]) -> str:
         "value its site showed in calibration, `fitted` keeps the squared-error fit's range "
         "(every row measured before the option existed), `auto` (the default) keeps the one "
         "of fitted, halfway and peak whose coded model has the lowest calibration loss; "
-        "*probs exact*: a diagnostic, the same SNN with the attention probabilities' "
-        "neurons passed through, so the exact softmax output enters P·V (the most any coding "
-        "of the probabilities could give back); *reconstructed*: the fitted neurons after "
+        "*seed*: the calibration sample's (`ConversionConfig.seed`; 0, the default, for rows "
+        "from before the option); *probs exact*: a diagnostic, the same SNN with the "
+        "attention probabilities' neurons passed through, so the exact softmax output "
+        "enters P·V (the most any coding of the probabilities could give back); "
+        "*reconstructed*: the fitted neurons after "
         "`reconstruct_blocks` (each decoder layer's neurons tuned together on the layer's "
         "output, `--reconstruct block`); *output-tuned*: the fitted neurons after "
         "`reconstruct_output` (all neurons tuned together on the next-token distribution's "
         "KL to the prepared ANN's, `--reconstruct output`). Seconds are wall times on this "
         "2-core CPU, with the prefixed ANN's evaluation time beside them.",
         "",
-        "| model | code | range | T | text | windows | prefixed ANN | SNN | ×SNN | ×probs exact | "
-        "×reconstructed | layers improved | ×output-tuned | convert (s) | reconstruct (s) | "
-        "output tuning (s) | ANN eval (s) | SNN eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | code | range | T | text | windows | seed | prefixed ANN | SNN | ×SNN | "
+        "×probs exact | ×reconstructed | layers improved | ×output-tuned | convert (s) | "
+        "reconstruct (s) | output tuning (s) | ANN eval (s) | SNN eval (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
         (r for r in rows if "energy_budget" not in r),
-        key=lambda r: (r["model"], r["code"], _range(r), -r["timesteps"], _text(r), r["windows"]),
+        key=lambda r: (
+            r["model"],
+            r["code"],
+            _range(r),
+            -r["timesteps"],
+            _text(r),
+            r["windows"],
+            _seed(r),
+        ),
     )
     for r in order:
         improved = f"{r['layers_improved']}/{r['layers']}" if "layers" in r else "–"
         lines.append(
             f"| {r['model']} | {r['code']} | {_range_cell(r)} | {r['timesteps']} | "
-            f"{_text(r)} | {r['windows']} | "
+            f"{_text(r)} | {r['windows']} | {_seed(r)} | "
             f"{r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | ×{r['ratio']:.4f} | "
             f"{_cell(r, 'ratio_exact_probs', '.4f', '×')} | "
             f"{_cell(r, 'ratio_reconstructed', '.4f', '×')} | "
@@ -261,6 +274,7 @@ def budget_table(rows: list[dict]) -> list[str]:
             -r["timesteps"],
             r["budget_sensitivity"],
             r.get("reconstruct", "none"),
+            _seed(r),
         ),
     )
     if not budgeted:
@@ -281,8 +295,9 @@ def budget_table(rows: list[dict]) -> list[str]:
         "predicted total before tuning is in brackets; convert includes the tuning.",
         "",
         "| model | code | T | budget | sensitivity | range | reconstruct | text | windows | "
-        "prefixed ANN | SNN | ×SNN | predicted total | factors | convert (s) | ANN eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "seed | prefixed ANN | SNN | ×SNN | predicted total | factors | convert (s) | "
+        "ANN eval (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in budgeted:
         factors = ", ".join(
@@ -296,7 +311,7 @@ def budget_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['code']} | {r['timesteps']} | {r['energy_budget']} | "
             f"{r['budget_sensitivity']} | {_range_cell(r)} | {reconstructed} | {_text(r)} | "
-            f"{r['windows']} | {r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | "
+            f"{r['windows']} | {_seed(r)} | {r['prefixed_ann_ppl']:.3f} | {r['snn_ppl']:.3f} | "
             f"×{r['ratio']:.4f} | {r['predicted_energy']:.3f}{fitted}"
             f"{'' if r['energy_met'] else ' (missed)'} | "
             f"{factors or '–'} | {r['convert_seconds']:.0f} | {r['ann_eval_seconds']:.0f} |"
@@ -312,6 +327,11 @@ def _range(row: dict) -> str:
 def _text(row: dict) -> str:
     """The row's evaluation text: rows from before the option were on WikiText-2 test."""
     return row.get("text", "wikitext2")
+
+
+def _seed(row: dict) -> int:
+    """The row's calibration seed: rows from before the option used the default, 0."""
+    return row.get("seed", 0)
 
 
 def _range_cell(row: dict) -> str:
@@ -331,6 +351,7 @@ def _key(row: dict) -> tuple:
         row.get("energy_budget"),
         row.get("budget_sensitivity"),
         row.get("reconstruct", "none") if "energy_budget" in row else None,
+        _seed(row),
     )
 
 
@@ -390,6 +411,9 @@ def main() -> None:
         help="how the fitted neurons are tuned after training: block-wise or on the output "
         "(--no-reconstruct: not at all)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the calibration sample's seed (ConversionConfig.seed)"
+    )
     parser.add_argument("--table", action="store_true", help="only rewrite the docs table")
     args = parser.parse_args()
     if args.budget_sensitivity and args.energy_budget is None:
@@ -415,6 +439,7 @@ def main() -> None:
             args.energy_budget,
             args.budget_sensitivity,
             args.tune,
+            args.seed,
         )
         rows = merge(rows, new)
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
