@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict
 
 import pytest
@@ -13,7 +14,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from phasecode.calibration.text import read_texts, token_batches
+from phasecode.conversion import convert as convert_module
 from phasecode.conversion.convert import (
+    FAR_NLL,
     RANGE_EVIDENCE,
     RANGE_PRIOR,
     RANGE_PRIOR_TIMESTEPS,
@@ -22,6 +25,7 @@ from phasecode.conversion.convert import (
     calibration_windows,
     clear_winner,
     convert,
+    warn_if_far,
 )
 from phasecode.conversion.handlers import Coder
 from phasecode.inference.nll import perplexity
@@ -268,8 +272,28 @@ def test_auto_range_scores_every_strength_on_unsampled_text(converted):
     assert choice["chosen"] in (lowest, prior)
     assert (choice["chosen"] == lowest) == (lowest == prior or choice["evidence"] > 2)
     assert "after those sampled" in choice["reason"]
+    # the prepared ANN on the same windows: the coded model is near it
+    assert abs(choice["loss"][choice["chosen"]] - choice["prepared_ann_loss"]) < FAR_NLL
     for row in spiking.report["sites"]:
         assert row["calibration_peak"] > 0, row["name"]
+
+
+def test_a_coded_model_far_from_the_ann_is_named_in_a_warning():
+    with pytest.warns(UserWarning, match=r"x2\.72 the prepared ANN's at T=10"):
+        warn_if_far(1.0, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_far(FAR_NLL * 0.9, 10)  # closer than that: silent
+
+
+def test_conversion_warns_when_its_coded_model_is_far_from_the_ann(
+    monkeypatch, calibration, tiny_tokenizer
+):
+    # every coded model counts as far: the warning must come out of a real conversion
+    monkeypatch.setattr(convert_module, "FAR_NLL", -math.inf)
+    fit = FitSettings("mgpc", 4, 2, FAST_TRAINING)
+    with pytest.warns(UserWarning, match="do not approximate the model"):
+        convert(_model("llama"), tiny_tokenizer, fit, _sampling(calibration), False, prefix=GIVEN)
 
 
 def _windows_nll(*rows: list[float]) -> dict[str, torch.Tensor]:

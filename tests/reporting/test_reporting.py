@@ -278,6 +278,10 @@ def test_the_report_says_how_far_the_neurons_reach():
         "halfway (chosen by --neuron-range auto, calibration NLL fitted: 3.2500, "
         "halfway: 3.1250, peak: 3.5000)"
     )
+    with_reference = auto | {"prepared_ann_loss": 3.0, "evidence": 2.5}
+    assert describe_range(with_reference).endswith(
+        "peak: 3.5000; prepared ANN 3.0000; the lowest by 2.5 standard errors)"
+    )
 
 
 def test_describe_budget_says_what_was_met_and_where_the_sensitivity_came_from():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
@@ -70,6 +71,7 @@ PROBS_BIAS_WINDOWS = 4  # calibration windows --probs-bias auto scores each κ o
 SCORING_WINDOWS = 8  # unsampled calibration windows a coded model is scored on in conversion
 RANGE_PRIOR = "halfway"  # what --neuron-range auto keeps unless another range clearly wins,
 RANGE_PRIOR_TIMESTEPS = 6  # from this T up (below it: the lowest mean NLL, no prior)
+FAR_NLL = math.log(2)  # nats per token: a coded model at twice the prepared ANN's perplexity
 RANGE_EVIDENCE = 2.0  # "clearly": by this many standard errors of the per-window difference
 BALANCE_WINDOWS = 4  # calibration windows used to measure the per-channel operand ranges
 PROFILE_POSITIONS = 64  # positions kept in the outlier picture
@@ -242,6 +244,20 @@ class Calibrated:
     peaks: Tensor  # [S] the largest |x| each site showed in calibration
     unseen: Tensor | None  # windows of the calibration text after ``windows`` (or None)
     _sensitivity: Sensitivity | None = None
+    _prepared_nll: Tensor | None = None
+
+    def prepared_nll(self) -> Tensor:
+        """[W] float64 on the CPU: mean NLL per token of each ``scoring_windows`` window
+        under the prepared ANN, the reference coded models are scored against in conversion
+        (computed once)."""
+        if self._prepared_nll is None:
+            windows, _ = scoring_windows(self)
+            with self.prepared.surgery(self.model, Passthrough(), self.spec.lm_head):
+                scored = perplexity(
+                    self.model, windows, self.prepared.prefix, CALIBRATION_BATCH, False
+                )
+            self._prepared_nll = (scored.nll / scored.tokens).double().cpu()
+        return self._prepared_nll
 
     def sensitivity(self, progress: bool = True) -> Sensitivity:
         """Each site's loss sensitivity (``conversion.sensitivity``), measured once on the
@@ -486,9 +502,25 @@ def choose_range(c: Calibrated, fit: FitSettings, table: CodeTable) -> tuple[Cod
         "chosen": chosen,
         "reason": f"{rule}, on {len(windows)} {where}",
         "loss": {name: float(values.mean()) for name, values in nll.items()},
+        "prepared_ann_loss": float(c.prepared_nll().mean()),
         "evidence": evidence,
     }
+    warn_if_far(choice["loss"][chosen] - choice["prepared_ann_loss"], fit.timesteps)
     return candidates[chosen], choice
+
+
+def warn_if_far(gap: float, timesteps: int) -> None:
+    """Warn when the coded model's NLL on calibration text is ``gap`` > ``FAR_NLL`` nats per
+    token above the prepared ANN's: such a model is no approximation of the ANN, whatever
+    else (a met energy budget) its report says."""
+    if gap > FAR_NLL:
+        warnings.warn(
+            f"the coded model's perplexity on calibration text is x{math.exp(gap):.2f} the "
+            f"prepared ANN's at T={timesteps}: its neurons do not approximate the model "
+            "(under --energy-budget the spike price may have pushed sites far off their fit; "
+            "docs/energy.md)",
+            stacklevel=2,
+        )
 
 
 def clear_winner(nll: dict[str, Tensor], prior: str | None) -> tuple[str, float]:

@@ -96,7 +96,12 @@ def describe_range(choice: dict | None) -> str:
     losses = ", ".join(f"{name}: {loss:.4f}" for name, loss in choice["loss"].items())
     evidence = choice.get("evidence")
     margin = "" if evidence is None else f"; the lowest by {evidence:.1f} standard errors"
-    return f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses}{margin})"
+    ann = choice.get("prepared_ann_loss")  # older artifacts have none
+    reference = "" if ann is None else f"; prepared ANN {ann:.4f}"
+    return (
+        f"{choice['chosen']} (chosen by --neuron-range auto, calibration NLL {losses}"
+        f"{reference}{margin})"
+    )
 
 
 def describe_reconstruction(record: dict) -> str:

@@ -333,7 +333,7 @@ def measured_sensitivity(
     mse = torch.tensor([row["mse"] for row in spiking.report["sites"]], dtype=torch.float64)
     predicted = 0.5 * fisher.double().cpu() * mse
     kinds = list(dict.fromkeys(site_kind(s) for s in c.sites))
-    base = coded_nll(c, spiking.table, windows, only=()).double().cpu()
+    base = c.prepared_nll()
     factors = torch.ones(len(c.sites), dtype=torch.float64)
     rows = {}
     low, high = SENSITIVITY_FACTORS
