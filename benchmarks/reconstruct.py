@@ -137,7 +137,12 @@ def measure(
                     improved = sum(r["loss_after"] < r["loss_before"] for r in layers)
                     row.update(layers_improved=improved, layers=len(layers))
                 else:
-                    row.update(kl_fitted=tuned["kl_before"], kl_tuned=tuned["kl_tuned"])
+                    row.update(
+                        kl_fitted=tuned["kl_before"],
+                        kl_tuned=tuned["kl_tuned"],
+                        tuned_kept=tuned["kept"],
+                        passes_kept=tuned.get("passes_kept"),
+                    )
         if diagnostic:
             exact_probs, _ = score(spiking, ids, without_probs(spiking))
             row["ratio_exact_probs"] = exact_probs / ann
@@ -305,7 +310,7 @@ def budget_table(rows: list[dict]) -> list[str]:
             for kind, f in sorted(r["sensitivity_factors"].items(), key=lambda kv: -kv[1])
             if f != 1.0
         )
-        reconstructed = r.get("reconstruct", "none")
+        reconstructed = _reconstruct_cell(r)
         before = r.get("predicted_energy_fitted")
         fitted = "" if before is None else f" ({before:.3f})"
         lines.append(
@@ -317,6 +322,15 @@ def budget_table(rows: list[dict]) -> list[str]:
             f"{factors or '–'} | {r['convert_seconds']:.0f} | {r['ann_eval_seconds']:.0f} |"
         )
     return lines
+
+
+def _reconstruct_cell(row: dict) -> str:
+    """The tuning asked for, and how much of it was kept (rows from before the record: all)."""
+    how = row.get("reconstruct", "none")
+    if row.get("tuned_kept") is False:
+        return f"{how} (not kept: the fitted neurons)"
+    passes = row.get("passes_kept")
+    return how if passes is None else f"{how} (kept after {passes} passes)"
 
 
 def _range(row: dict) -> str:

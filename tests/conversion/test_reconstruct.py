@@ -8,6 +8,7 @@ from architectures import ARCHITECTURES, tiny_architecture
 from helpers import randomize_weights, tiny_calibrated, write_calibration
 
 import phasecode as pc
+import phasecode.conversion.reconstruct as reconstruct_module
 from phasecode.conversion.config import ConfigError
 from phasecode.conversion.convert import fit_spiking
 from phasecode.conversion.reconstruct import (
@@ -124,6 +125,30 @@ def test_under_an_energy_budget_tuning_spends_no_more_than_the_fitted_neurons(
     assert record["predicted_ratio"] != record["predicted_ratio_fitted"]
 
 
+def test_output_tuning_falls_back_to_the_latest_pass_within_the_hold(
+    monkeypatch, tmp_path, tiny_tokenizer
+):
+    """Where the last passes' neurons overspend the hold (the hinge lets a pass overspend
+    a little), the latest pass whose neurons do not is kept, not the fitted neurons."""
+    calls = []
+
+    def kept(self, spends):  # the last two passes overspend
+        calls.append(spends)
+        return len(calls) > 2
+
+    monkeypatch.setattr(reconstruct_module._EnergyHold, "kept", kept)
+    model = randomize_weights(tiny_architecture("llama3_rope"), seed=1)
+    config = pc.ConversionConfig(
+        samples=64, sequences=4, seq_len=32, rounds=2, prefix=[0], reconstruct="output"
+    )
+    calibration = write_calibration(tmp_path / "calib.jsonl")
+    snn = pc.convert(model, tiny_tokenizer, config, calibration=calibration, progress=False)
+    tuned = snn.spiking.report["reconstruction"]
+    assert tuned["kept"] and tuned["kl_tuned"] < tuned["kl_before"]
+    assert tuned["passes_kept"] == OutputSettings().passes - 2
+    assert len(calls) == 4  # passes 5, 4, 3, then the final check
+
+
 def test_output_tuning_lowers_the_kl_and_keeps_the_network_exact(tmp_path, tiny_tokenizer):
     """--reconstruct output: every neuron tuned on KL(prepared ANN ‖ SNN); the tuned table is
     still a phase code the spike-level network runs exactly."""
@@ -136,6 +161,7 @@ def test_output_tuning_lowers_the_kl_and_keeps_the_network_exact(tmp_path, tiny_
     spiking = snn.spiking
     tuned = spiking.report["reconstruction"]
     assert tuned["kept"] and tuned["kl_tuned"] < tuned["kl_before"]
+    assert tuned["passes_kept"] == OutputSettings().passes
     assert "energy_tuned" not in tuned  # no budget: spikes are free
     assert tuned["steps"] == OutputSettings().passes * 2  # 4 windows in batches of 2
     tokens = torch.randint(2, 258, (1, 12), generator=torch.Generator().manual_seed(3))

@@ -327,3 +327,4 @@ def test_describe_reconstruction_says_what_the_tuning_did():
         "neurons'), 345 s"
     )
     assert "not kept" in describe_reconstruction(output | {"kept": False})
+    assert "(kept after 3 passes)" in describe_reconstruction(output | {"passes_kept": 3})

@@ -376,8 +376,10 @@ def reconstruct_output(
     moves that output, not by what it costs the loss (docs/method.md). The ANN's
     distribution is recomputed per batch rather than stored (a vocabulary's worth of floats
     per token). With ``spike_pj`` the model's spike energy is held to ``headroom`` × the
-    fitted neurons' as a layer's is in ``reconstruct_blocks``; the tuned neurons are kept
-    only if their KL on the windows is lower (and they spend no more than that)."""
+    fitted neurons' as a layer's is in ``reconstruct_blocks``. The tuned neurons are kept
+    only if their KL on the windows is lower and they spend no more than that; where the
+    last pass's do not, the latest earlier pass's that do are kept (``passes_kept``; the
+    hinge lets a pass overspend a little), and where none do, the fitted neurons stay."""
     start = time.perf_counter()
     model, prefix = spiking.model, spiking.prefix
     parts = list(windows[: settings.windows].split(settings.batch))
@@ -406,6 +408,7 @@ def reconstruct_output(
         hold = _EnergyHold(spent, headroom, settings.energy_weight)
         optimizer = torch.optim.Adam(neurons.parameters(), lr=settings.lr)
         steps = settings.passes * len(parts)
+        passes: list[list[Tensor]] = []  # the neurons' parameters after each pass
         with tqdm(total=steps, desc="tune on the output", disable=not progress) as bar:
             for _ in range(settings.passes):
                 for b, tokens in enumerate(parts):
@@ -420,12 +423,25 @@ def reconstruct_output(
                     optimizer.step()
                     neurons.clamp_()
                     bar.update()
+                passes.append([p.detach().clone() for p in neurons.parameters()])
         after, spends = measure()
+        while not (after < before and hold.kept(spends)) and len(passes) > 1:
+            passes.pop()
+            with torch.no_grad():
+                for param, saved in zip(neurons.parameters(), passes[-1], strict=True):
+                    param.copy_(saved)
+            after, spends = measure()
     kept = after < before and hold.kept(spends)
     if kept:
         spiking.table = neurons.frozen_table()
         spiking._coders.clear()
-    record = {"kl_before": before, "kl_tuned": after, "kept": kept, "steps": steps}
+    record = {
+        "kl_before": before,
+        "kl_tuned": after,
+        "kept": kept,
+        "passes_kept": len(passes) if kept else 0,
+        "steps": steps,
+    }
     if costs is not None:
         record["energy_tuned"] = hold.ratio(spends)
     return record | {"seconds": time.perf_counter() - start}

@@ -113,6 +113,9 @@ def describe_reconstruction(record: dict) -> str:
     energy = record.get("energy_tuned")
     spikes = "" if energy is None else f", spike energy ×{energy:.3f} of the fitted neurons'"
     kept = "kept" if record["kept"] else "not kept: the fitted neurons stay"
+    passes = record.get("passes_kept")  # older artifacts: all passes or none
+    if record["kept"] and passes is not None:
+        kept = f"kept after {passes} passes"
     return (
         f"output: calibration KL {record['kl_before']:.4f} → {record['kl_tuned']:.4f} ({kept}"
         f"{spikes}), {record['seconds']:.0f} s"
