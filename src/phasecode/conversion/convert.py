@@ -252,11 +252,7 @@ class Calibrated:
         (computed once)."""
         if self._prepared_nll is None:
             windows, _ = scoring_windows(self)
-            with self.prepared.surgery(self.model, Passthrough(), self.spec.lm_head):
-                scored = perplexity(
-                    self.model, windows, self.prepared.prefix, CALIBRATION_BATCH, False
-                )
-            self._prepared_nll = (scored.nll / scored.tokens).double().cpu()
+            self._prepared_nll = handled_nll(self, Passthrough(), windows).double().cpu()
         return self._prepared_nll
 
     def sensitivity(self, progress: bool = True) -> Sensitivity:
@@ -462,7 +458,13 @@ def coded_nll(
 ) -> Tensor:
     """Mean NLL per token of each of ``windows`` [W] under the prepared model with
     ``table``'s neurons (only at the sites in ``only``, when given)."""
-    with c.prepared.surgery(c.model, Coder(table, c.sites, only=only), c.spec.lm_head):
+    return handled_nll(c, Coder(table, c.sites, only=only), windows)
+
+
+def handled_nll(c: Calibrated, handler: SiteHandler, windows: Tensor) -> Tensor:
+    """Mean NLL per token of each of ``windows`` [W] under the prepared model with
+    ``handler`` at its sites."""
+    with c.prepared.surgery(c.model, handler, c.spec.lm_head):
         scored = perplexity(c.model, windows, c.prepared.prefix, CALIBRATION_BATCH, False)
     return scored.nll / scored.tokens
 
